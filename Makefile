@@ -1,0 +1,28 @@
+# Quick start: `make demo` and `make test`. Both create .venv and install pinned dependencies.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DEMO := runs/demo
+
+.PHONY: install test lint demo clean
+
+$(STAMP): setup.py requirements.lock
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c requirements.lock -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check phenaki_jax configs tests benchmarks
+
+test: $(STAMP) lint
+	$(PY) -m pytest -q -x --durations=15 tests
+
+demo: $(STAMP)
+	$(PY) -m phenaki_jax.demo --workdir=$(DEMO)
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache

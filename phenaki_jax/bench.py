@@ -1,0 +1,140 @@
+"""phenaki-bench: parameters, token grid and the speed of one training step, as one JSON line.
+
+`phenaki-bench --config=configs/cvivit.py:variant=V [--config.KEY=V] [--steps=N] [--abstract]
+[--sample]`. The step timed is exactly the trainer's jitted step (forward, backward, optimizer,
+and the discriminator update when enabled) on the configured mesh. `--abstract` only traces
+shapes (`jax.eval_shape`), so the paper variants answer on a laptop. MFU is measured against
+the float32 matmul throughput of this very process, not a datasheet.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from absl import flags
+from ml_collections import config_flags
+
+from phenaki_jax import cli
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file to benchmark.",
+                                          lock_config=True)
+_STEPS = flags.DEFINE_integer("steps", 5, "Timed steps after compilation (median reported).")
+_ABSTRACT = flags.DEFINE_bool("abstract", False, "Shapes only; allocate nothing.")
+_SAMPLE = flags.DEFINE_bool("sample", False, "Also time sampling (transformer only).")
+
+
+def matmul_peak_flops(n: int = 2048, repeats: int = 5) -> float:
+    """Measured float32 matmul FLOP/s of this process's default device."""
+    import jax
+    import jax.numpy as jnp
+
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+    f = jax.jit(lambda x, y: x @ y)
+    f(a, b).block_until_ready()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        f(a, b).block_until_ready()
+        times.append(time.perf_counter() - t0)
+    return 2.0 * n ** 3 / min(times)
+
+
+def count_params(tree: Any) -> int:
+    import jax
+
+    return int(sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree)))
+
+
+def random_batch(stage: Any, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    if hasattr(stage, "bench_batch"):
+        return stage.bench_batch(rng)
+    example = stage.example_batch()
+    return {k: rng.integers(0, 256, v.shape).astype(v.dtype) if v.dtype == np.uint8
+            else np.zeros(v.shape, v.dtype) for k, v in example.items()}
+
+
+def benchmark(config: Any, steps: int = 5, abstract: bool = False,
+              sample: bool = False) -> dict[str, Any]:
+    import flax.linen as nn
+    import jax
+
+    from phenaki_jax import sharding
+    from phenaki_jax.train import trainer
+
+    trainer.validate(config, None if abstract else jax.device_count())
+    stage = trainer.make_stage(config)
+    out: dict[str, Any] = {"variant": config.variant, "stage": config.stage}
+    boxed = jax.eval_shape(stage.init, jax.random.key(0))
+    out["params"] = count_params(nn.unbox(boxed).params)
+    out["tokens_shape"] = list(stage.tokens_shape)
+    out["batch_size"] = config.batch_size
+    if abstract:
+        return out
+
+    mesh = sharding.make_mesh(config)
+    with sharding.axis_rules(), mesh:
+        init, _, state_shardings = trainer.create_state(stage, mesh, jax.random.key(0))
+        state = init(jax.random.key(config.seed))
+        batch_shardings = {k: sharding.logical_sharding(mesh, v)
+                           for k, v in stage.batch_axes.items()}
+        step_fn = jax.jit(stage.train_step, in_shardings=(state_shardings, batch_shardings),
+                          out_shardings=(state_shardings, sharding.replicated(mesh)),
+                          donate_argnums=(0,))
+        rng = np.random.default_rng(0)
+        batch = sharding.global_batch(mesh, random_batch(stage, rng))
+        t0 = time.perf_counter()
+        compiled = step_fn.lower(state, batch).compile()
+        out["compile_s"] = time.perf_counter() - t0
+        cost = compiled.cost_analysis()
+        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+        flops = float(cost.get("flops", 0.0)) if cost else 0.0
+        state, metrics = compiled(state, batch)  # warm-up
+        jax.block_until_ready(metrics)
+        times = []
+        for _ in range(max(steps, 1)):
+            t0 = time.perf_counter()
+            state, metrics = compiled(state, batch)
+            jax.block_until_ready((state, metrics))
+            times.append(time.perf_counter() - t0)
+        step_s = statistics.median(times)
+        out["step_s"] = step_s
+        out["examples_per_s"] = config.batch_size / step_s
+        out["flops_per_step"] = flops
+        out["achieved_flops_per_s"] = flops / step_s
+        if sample:
+            if not hasattr(stage, "bench_sample"):
+                raise cli.UsageError("--sample needs a transformer config (configs/maskgit.py)")
+            out.update(stage.bench_sample(state, mesh, steps))
+    peak = matmul_peak_flops()
+    out["matmul_peak_flops_per_s"] = peak
+    out["mfu"] = out["achieved_flops_per_s"] / peak
+    out["devices"] = jax.device_count()
+    out["platform"] = jax.devices()[0].platform
+    return out
+
+
+def main(argv: Sequence[str]) -> None:
+    if len(argv) > 1:
+        raise cli.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if _CONFIG.value is None:
+        raise cli.UsageError("--config is required")
+    if _STEPS.value < 1:
+        raise cli.UsageError("--steps must be >= 1")
+    result = benchmark(_CONFIG.value, _STEPS.value, _ABSTRACT.value, _SAMPLE.value)
+    sys.stdout.write(json.dumps(result) + "\n")
+    sys.stdout.flush()
+
+
+def run() -> None:
+    cli.run("phenaki-bench", main)
+
+
+if __name__ == "__main__":
+    run()

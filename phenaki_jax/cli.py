@@ -1,0 +1,70 @@
+"""What every command shares: absl flag parsing and one-line errors instead of tracebacks."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+from absl import app, flags
+
+
+class UsageError(ValueError):
+    """A bad flag or input file; the message names it."""
+
+
+def fail(program: str, message: str, code: int = 1) -> None:
+    """Prints `program: error: message` as one line on stderr and exits non-zero."""
+    first = " ".join(str(message).split())  # one line, whatever the exception carried
+    sys.stderr.write(f"{program}: error: {first}\n")
+    sys.stderr.flush()
+    sys.exit(code)
+
+
+class _QuietLibraries:
+    """Drops INFO records of chatty libraries (orbax logs every file it writes)."""
+
+    def filter(self, record: object) -> bool:
+        path = getattr(record, "pathname", "")
+        return getattr(record, "levelno", 0) > 20 or "orbax" not in path
+
+
+def quiet_libraries() -> None:
+    import logging as std_logging
+
+    from absl import logging as absl_logging
+
+    handler = absl_logging.get_absl_handler()
+    handler.addFilter(_QuietLibraries())
+    std_logging.getLogger().addFilter(_QuietLibraries())
+
+
+def run(program: str, main: Callable[[Sequence[str]], None],
+        expected: tuple[type[BaseException], ...] = ()) -> None:
+    """`absl.app.run` with flag errors and the `expected` exceptions as one-line errors."""
+    # TensorFlow (tf.data under seqio) is only our input pipeline: keep its C++ start-up noise
+    # (CUDA probing, oneDNN notices) out of the user's terminal.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from phenaki_jax.config_lib import ConfigError
+
+    handled = (UsageError, ConfigError, FileNotFoundError, *expected)
+
+    def parse(argv: list[str]) -> list[str]:
+        try:
+            return flags.FLAGS(argv)
+        except flags.Error as e:
+            fail(program, str(e), 2)
+        except handled as e:
+            fail(program, str(e), 2)
+        except Exception as e:  # noqa: BLE001 - e.g. a config file that raises on load
+            fail(program, f"{type(e).__name__}: {e}", 2)
+        return []
+
+    def guarded(argv: Sequence[str]) -> None:
+        quiet_libraries()
+        try:
+            main(argv)
+        except handled as e:
+            fail(program, str(e))
+
+    app.run(guarded, flags_parser=parse)

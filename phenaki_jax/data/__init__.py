@@ -1,0 +1,1 @@
+"""Data: the shapes world renderer and judge, and the seqio tasks built on it."""

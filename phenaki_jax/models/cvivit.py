@@ -1,0 +1,193 @@
+"""C-ViViT: the causal video tokenizer of Phenaki.
+
+Frames [B, T, H, W, 3] with T = 1 + 2k become tokens [B, 1 + k, H/p, W/p]: the first frame is
+patched alone (p x p), later frames in 2 x p x p tubelets. Spatial attention runs within each
+token frame, then causal temporal attention runs along time at each spatial position, so token
+frame j depends on frames [0, 1 + 2j) only: an image is a one-frame video, and the tokens of a
+prefix equal the prefix of the tokens. Nothing else looks ahead: position embeddings are
+absolute and per-frame, layer norms act per token, there are no temporal convolutions.
+The decoder mirrors the encoder (causal temporal, then spatial) and is causal too.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from phenaki_jax.models import layers, quantizers
+
+Array = jax.Array
+
+
+def token_grid(num_frames: int, resolution: int, patch: int, temporal_patch: int = 2
+               ) -> tuple[int, int, int]:
+    """[t, h, w] tokens of one clip."""
+    return (1 + (num_frames - 1) // temporal_patch, resolution // patch, resolution // patch)
+
+
+def frames_to_float(frames: Array) -> Array:
+    """uint8 [..., 3] in [0, 255] -> float32 in [-1, 1]."""
+    return frames.astype(jnp.float32) / 127.5 - 1.0
+
+
+def float_to_frames(x: Array) -> Array:
+    """float in [-1, 1] -> uint8, rounded and clipped."""
+    return jnp.clip(jnp.round((x.astype(jnp.float32) + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
+
+
+class CViViT(nn.Module):
+    width: int
+    spatial_layers: int
+    temporal_layers: int
+    num_heads: int
+    mlp_dim: int
+    patch_size: int
+    temporal_patch_size: int
+    codebook_size: int
+    code_dim: int
+    max_token_frames: int
+    resolution: int
+    commitment_weight: float = 0.25
+    usage_decay: float = 0.99
+    remat: bool = False
+    dtype: Any = jnp.float32
+
+    @classmethod
+    def from_config(cls, config: ml_collections.ConfigDict) -> CViViT:
+        m = config.model
+        t, _, _ = token_grid(config.data.num_frames, config.data.resolution, m.patch_size,
+                             m.temporal_patch_size)
+        return cls(width=m.width, spatial_layers=m.spatial_layers,
+                   temporal_layers=m.temporal_layers, num_heads=m.num_heads, mlp_dim=m.mlp_dim,
+                   patch_size=m.patch_size, temporal_patch_size=m.temporal_patch_size,
+                   codebook_size=m.codebook_size, code_dim=m.code_dim, max_token_frames=t,
+                   resolution=config.data.resolution,
+                   commitment_weight=config.quantizer.commitment_weight,
+                   usage_decay=config.quantizer.usage_decay, remat=m.remat,
+                   dtype=layers.dtype_of(m.dtype))
+
+    def setup(self) -> None:
+        p, pt, d = self.patch_size, self.temporal_patch_size, self.width
+        hw = (self.resolution // p) ** 2
+        emb = nn.with_logical_partitioning(nn.initializers.normal(0.02), ("length", "embed"))
+
+        def stack(n: int, name: str) -> layers.Transformer:
+            return layers.Transformer(n, self.num_heads, self.mlp_dim, remat=self.remat,
+                                      dtype=self.dtype, name=name)
+
+        self.embed_first = layers.dense(d, ("channels", "embed"), self.dtype, "embed_first")
+        self.embed_rest = layers.dense(d, ("channels", "embed"), self.dtype, "embed_rest")
+        self.enc_space_pos = self.param("enc_space_pos", emb, (hw, d), jnp.float32)
+        self.enc_time_pos = self.param("enc_time_pos", emb, (self.max_token_frames, d),
+                                       jnp.float32)
+        self.enc_spatial = stack(self.spatial_layers, "enc_spatial")
+        self.enc_temporal = stack(self.temporal_layers, "enc_temporal")
+        self.enc_norm = layers.LayerNorm(self.dtype, name="enc_norm")
+        self.to_code = layers.dense(self.code_dim, ("embed", "code"), jnp.float32, "to_code")
+        self.quantizer = quantizers.FactorizedVQ(self.codebook_size, self.code_dim,
+                                                 self.commitment_weight, self.usage_decay,
+                                                 name="quantizer")
+        self.from_code = layers.dense(d, ("code", "embed"), self.dtype, "from_code")
+        self.dec_space_pos = self.param("dec_space_pos", emb, (hw, d), jnp.float32)
+        self.dec_time_pos = self.param("dec_time_pos", emb, (self.max_token_frames, d),
+                                       jnp.float32)
+        self.dec_temporal = stack(self.temporal_layers, "dec_temporal")
+        self.dec_spatial = stack(self.spatial_layers, "dec_spatial")
+        self.dec_norm = layers.LayerNorm(self.dtype, name="dec_norm")
+        self.to_first = layers.dense(p * p * 3, ("embed", "channels"), jnp.float32, "to_first")
+        self.to_rest = layers.dense(pt * p * p * 3, ("embed", "channels"), jnp.float32,
+                                    "to_rest")
+
+    # -- patching -------------------------------------------------------------------------
+    def _patchify(self, x: Array) -> tuple[Array, Array | None]:
+        """[B, T, H, W, 3] -> first [B, 1, h, w, p*p*3], rest [B, t-1, h, w, pt*p*p*3]."""
+        b, t, hh, ww, c = x.shape
+        p, pt = self.patch_size, self.temporal_patch_size
+        h, w = hh // p, ww // p
+        first = x[:, :1].reshape(b, 1, h, p, w, p, c).transpose(0, 1, 2, 4, 3, 5, 6)
+        first = first.reshape(b, 1, h, w, p * p * c)
+        if t == 1:
+            return first, None
+        k = (t - 1) // pt
+        rest = x[:, 1:].reshape(b, k, pt, h, p, w, p, c).transpose(0, 1, 3, 5, 2, 4, 6, 7)
+        return first, rest.reshape(b, k, h, w, pt * p * p * c)
+
+    def _unpatchify(self, first: Array, rest: Array | None) -> Array:
+        p, pt = self.patch_size, self.temporal_patch_size
+        b, _, h, w, _ = first.shape
+        out = first.reshape(b, 1, h, w, p, p, 3).transpose(0, 1, 2, 4, 3, 5, 6)
+        out = out.reshape(b, 1, h * p, w * p, 3)
+        if rest is None:
+            return out
+        k = rest.shape[1]
+        r = rest.reshape(b, k, h, w, pt, p, p, 3).transpose(0, 1, 4, 2, 5, 3, 6, 7)
+        r = r.reshape(b, k * pt, h * p, w * p, 3)
+        return jnp.concatenate([out, r], axis=1)
+
+    # -- factorized attention ---------------------------------------------------------------
+    def _spatial(self, x: Array, stack: layers.Transformer) -> Array:
+        b, t, h, w, d = x.shape
+        return stack(x.reshape(b * t, h * w, d)).reshape(b, t, h, w, d)
+
+    def _temporal(self, x: Array, stack: layers.Transformer) -> Array:
+        b, t, h, w, d = x.shape
+        y = x.transpose(0, 2, 3, 1, 4).reshape(b * h * w, t, d)
+        y = stack(y, mask=layers.causal_mask(t))
+        return y.reshape(b, h, w, t, d).transpose(0, 3, 1, 2, 4)
+
+    def _check_frames(self, t: int) -> int:
+        if (t - 1) % self.temporal_patch_size:
+            raise ValueError(f"C-ViViT needs 1 + {self.temporal_patch_size}k frames, got {t}")
+        token_frames = 1 + (t - 1) // self.temporal_patch_size
+        if token_frames > self.max_token_frames:
+            raise ValueError(f"C-ViViT was built for at most {self.max_token_frames} token "
+                             f"frames, got {token_frames}")
+        return token_frames
+
+    # -- public API -----------------------------------------------------------------------
+    def encode(self, video: Array, update_stats: bool = False) -> dict[str, Array]:
+        """video float [B, T, H, W, 3] in [-1, 1] -> quantizer outputs; `ids` [B, t, h, w]."""
+        t_tok = self._check_frames(video.shape[1])
+        first, rest = self._patchify(video.astype(self.dtype))
+        x = self.embed_first(first)
+        if rest is not None:
+            x = jnp.concatenate([x, self.embed_rest(rest)], axis=1)
+        b, _, h, w, d = x.shape
+        x = x + self.enc_space_pos.reshape(1, 1, h, w, d).astype(self.dtype)
+        x = x + self.enc_time_pos[:t_tok].reshape(1, t_tok, 1, 1, d).astype(self.dtype)
+        x = self._spatial(x, self.enc_spatial)
+        x = self._temporal(x, self.enc_temporal)
+        z = self.to_code(self.enc_norm(x).astype(jnp.float32))
+        return self.quantizer(z, update_stats=update_stats)
+
+    def decode_codes(self, codes: Array) -> Array:
+        """Unit code vectors [B, t, h, w, code_dim] -> float frames [B, 1 + 2(t-1), H, W, 3]."""
+        b, t, h, w, _ = codes.shape
+        x = self.from_code(codes.astype(self.dtype))
+        d = x.shape[-1]
+        x = x + self.dec_space_pos.reshape(1, 1, h, w, d).astype(self.dtype)
+        x = x + self.dec_time_pos[:t].reshape(1, t, 1, 1, d).astype(self.dtype)
+        x = self._temporal(x, self.dec_temporal)
+        x = self._spatial(x, self.dec_spatial)
+        x = self.dec_norm(x).astype(jnp.float32)
+        first = self.to_first(x[:, :1])
+        rest = self.to_rest(x[:, 1:]) if t > 1 else None
+        return self._unpatchify(first, rest)
+
+    def decode_ids(self, ids: Array) -> Array:
+        """Token ids int32 [B, t, h, w] -> float frames [B, 1 + 2(t-1), H, W, 3]."""
+        return self.decode_codes(self.quantizer.lookup(ids))
+
+    def tokenize(self, video: Array) -> Array:
+        """float [B, T, H, W, 3] -> int32 ids [B, t, h, w]."""
+        return self.encode(video)["ids"]
+
+    def __call__(self, video: Array, update_stats: bool = False) -> dict[str, Array]:
+        """Encode, quantize, decode. Returns `recon` (float, like `video`) and VQ outputs."""
+        out = self.encode(video, update_stats=update_stats)
+        out["recon"] = self.decode_codes(out["quantized"])
+        return out

@@ -1,0 +1,151 @@
+"""Transformer building blocks shared by the tokenizer and the masked transformer.
+
+Every parameter carries logical axis names (t5x vocabulary) so that `phenaki_jax.sharding`
+decides where it lives; activations are constrained at block boundaries so XLA keeps the
+batch on `data` and the heads / MLP on `model`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+Array = jax.Array
+
+_dense_init = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
+
+
+def dtype_of(name: str) -> Dtype:
+    return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[name]
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm over the last axis; statistics in float32 whatever the compute dtype."""
+
+    dtype: Dtype = jnp.float32
+    use_bias: bool = True
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
+                           (x.shape[-1],), jnp.float32)
+        x32 = x.astype(jnp.float32)
+        mean = x32.mean(-1, keepdims=True)
+        var = jnp.square(x32 - mean).mean(-1, keepdims=True)
+        y = (x32 - mean) * jax.lax.rsqrt(var + 1e-6) * scale
+        if self.use_bias:
+            bias = self.param("bias",
+                              nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
+                              (x.shape[-1],), jnp.float32)
+            y = y + bias
+        return y.astype(self.dtype)
+
+
+class Attention(nn.Module):
+    """Multi-head attention. `mask` broadcasts to [B, heads, q_len, kv_len]; True = attend."""
+
+    num_heads: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, context: Array | None = None,
+                 mask: Array | None = None) -> Array:
+        context = x if context is None else context
+        width = x.shape[-1]
+        head_dim = width // self.num_heads
+
+        def proj(name: str, inputs: Array) -> Array:
+            return nn.DenseGeneral(
+                (self.num_heads, head_dim), dtype=self.dtype, name=name, use_bias=False,
+                kernel_init=nn.with_logical_partitioning(_dense_init, ("embed", "heads", "kv")),
+            )(inputs)
+
+        q = proj("query", x) * (head_dim ** -0.5)
+        k = proj("key", context)
+        v = proj("value", context)
+        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32)
+        if mask is not None:
+            logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+        weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
+        out = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+        return nn.DenseGeneral(
+            width, axis=(-2, -1), dtype=self.dtype, name="out", use_bias=False,
+            kernel_init=nn.with_logical_partitioning(_dense_init, ("heads", "kv", "embed")),
+        )(out)
+
+
+class Mlp(nn.Module):
+    mlp_dim: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        width = x.shape[-1]
+        h = nn.Dense(self.mlp_dim, dtype=self.dtype, name="wi",
+                     kernel_init=nn.with_logical_partitioning(_dense_init, ("embed", "mlp")),
+                     bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("mlp",)))(x)
+        h = nn.gelu(h)
+        h = nn.with_logical_constraint(h, ("batch", "length", "mlp"))
+        return nn.Dense(width, dtype=self.dtype, name="wo",
+                        kernel_init=nn.with_logical_partitioning(_dense_init, ("mlp", "embed")),
+                        bias_init=nn.with_logical_partitioning(nn.initializers.zeros,
+                                                               ("embed",)))(h)
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: self-attention, optional cross-attention, MLP."""
+
+    num_heads: int
+    mlp_dim: int
+    cross_attention: bool = False
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, mask: Array | None = None, context: Array | None = None,
+                 context_mask: Array | None = None) -> Array:
+        x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+        h = LayerNorm(self.dtype, name="ln_attn")(x)
+        x = x + Attention(self.num_heads, self.dtype, name="attn")(h, mask=mask)
+        if self.cross_attention:
+            h = LayerNorm(self.dtype, name="ln_cross")(x)
+            x = x + Attention(self.num_heads, self.dtype, name="cross")(
+                h, context=context, mask=context_mask)
+        h = LayerNorm(self.dtype, name="ln_mlp")(x)
+        x = x + Mlp(self.mlp_dim, self.dtype, name="mlp")(h)
+        return nn.with_logical_constraint(x, ("batch", "length", "embed"))
+
+
+class Transformer(nn.Module):
+    """A stack of `Block`s over [B, L, D]; `remat` trades compute for activation memory."""
+
+    num_layers: int
+    num_heads: int
+    mlp_dim: int
+    cross_attention: bool = False
+    remat: bool = False
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, mask: Array | None = None, context: Array | None = None,
+                 context_mask: Array | None = None) -> Array:
+        block = nn.remat(Block) if self.remat else Block
+        for i in range(self.num_layers):
+            x = block(self.num_heads, self.mlp_dim, self.cross_attention, self.dtype,
+                      name=f"block_{i}")(x, mask, context, context_mask)
+        return x
+
+
+def causal_mask(length: int) -> Array:
+    """[1, 1, L, L] lower-triangular mask: position i attends to positions <= i."""
+    return jnp.tril(jnp.ones((length, length), bool))[None, None]
+
+
+def dense(features: int, axes: tuple[str, str], dtype: Dtype, name: str) -> nn.Dense:
+    """A Dense layer whose kernel and bias carry logical axis names."""
+    return nn.Dense(features, dtype=dtype, name=name,
+                    kernel_init=nn.with_logical_partitioning(_dense_init, axes),
+                    bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (axes[1],)))

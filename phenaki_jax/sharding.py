@@ -1,0 +1,91 @@
+"""One device mesh for every stage, and the logical-axis rules that map model axes onto it.
+
+Model code names only logical axes, in t5x's vocabulary (`batch`, `length`, `embed`, `mlp`,
+`heads`, `kv`, `vocab`, plus `codebook` and `code` for the quantizer); the rules below map them
+to the mesh axes `data` and `model`. Changing the parallelism of a run is a change of
+`config.mesh` alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import ml_collections
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from phenaki_jax import config_lib
+
+# Megatron-style tensor parallelism on `model`, data parallelism on `data`.
+LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
+    ("batch", "data"),
+    ("vocab", "model"),
+    ("codebook", None),
+    ("code", None),
+    ("mlp", "model"),
+    ("heads", "model"),
+    ("kv", None),
+    ("embed", None),
+    ("length", None),
+    ("time", None),
+    ("height", None),
+    ("width", None),
+    ("channels", None),
+    ("text_length", None),
+    ("text_embed", None),
+)
+
+
+def make_mesh(config: ml_collections.ConfigDict,
+              devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """Builds the ('data', 'model') mesh from `config.mesh`; -1 takes the remaining devices."""
+    devices = list(jax.devices() if devices is None else devices)
+    sizes = config_lib.mesh_shape(config, len(devices))
+    shape = (sizes["data"], sizes["model"])
+    try:
+        # Topology-aware on TPU (keeps `model` within fast ICI links); plain reshape elsewhere.
+        device_array = jax.experimental.mesh_utils.create_device_mesh(shape, devices=devices)
+    except Exception:  # noqa: BLE001 - CPU and odd topologies fall back to the flat order
+        device_array = np.asarray(devices).reshape(shape)
+    return Mesh(device_array, ("data", "model"))
+
+
+def logical_sharding(mesh: Mesh, logical_axes: Sequence[str | None]) -> NamedSharding:
+    """A NamedSharding for an array whose dimensions carry these logical names."""
+    spec = nn.logical_to_mesh_axes(tuple(logical_axes), LOGICAL_AXIS_RULES)
+    return NamedSharding(mesh, spec)
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def tree_shardings(mesh: Mesh, abstract_tree: Any) -> Any:
+    """Shardings for a pytree whose leaves may be `nn.LogicallyPartitioned` (from eval_shape).
+
+    Leaves without logical names (optimizer counters, step, RNG) are replicated.
+    """
+    specs = nn.get_partition_spec(abstract_tree)
+    mesh_specs = nn.logical_to_mesh(specs, LOGICAL_AXIS_RULES)
+    return jax.tree.map(
+        lambda s: NamedSharding(mesh, s if s is not None else PartitionSpec()),
+        mesh_specs,
+        is_leaf=lambda x: isinstance(x, PartitionSpec) or x is None,
+    )
+
+
+def axis_rules():  # noqa: ANN201 - a context manager
+    """Context in which `nn.with_logical_constraint` inside models resolves to mesh axes."""
+    return nn.logical_axis_rules(LOGICAL_AXIS_RULES)
+
+
+def global_batch(mesh: Mesh, local: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+    """Assembles each host's slice of the batch into global arrays sharded along `data`."""
+    def put(x: np.ndarray) -> jax.Array:
+        spec = PartitionSpec("data", *([None] * (x.ndim - 1)))
+        return jax.make_array_from_process_local_data(NamedSharding(mesh, spec), x)
+
+    return {k: put(v) for k, v in local.items()}

@@ -1,0 +1,121 @@
+"""phenaki-tokenize: a trained C-ViViT's tokens and reconstruction of a clip.
+
+`phenaki-tokenize --workdir=DIR --input=IN --output=OUT.npy [--tokens=TOKENS.npy]`
+IN is a .npy of uint8 [B, T, H, W, 3] (T = 1 + 2k, H = W = the model's resolution), or a video
+or image file (decoded as RGB, resampled to 8 fps, centre-cropped and resized to the model's
+resolution, cut to the longest 1 + 2k frames the model takes). OUT is the reconstruction with
+the input's shape; TOKENS is int32 [B, 1 + (T - 1) / 2, H / p, W / p].
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from absl import flags
+
+from phenaki_jax import cli
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Tokenizer workdir (orbax checkpoints).")
+_INPUT = flags.DEFINE_string("input", None, ".npy uint8 [B, T, H, W, 3], or a video/image file.")
+_OUTPUT = flags.DEFINE_string("output", None, "Reconstruction .npy (same shape as the input).")
+_TOKENS = flags.DEFINE_string("tokens", None, "Optional token ids .npy, int32 [B, t, h, w].")
+
+
+def load_clips(path: str, resolution: int, max_frames: int) -> tuple[np.ndarray, bool]:
+    """Reads --input as uint8 [B, T, R, R, 3]; raises UsageError/MediaError naming the file.
+
+    The flag says the input was one clip [T, H, W, 3] (the outputs then drop the batch axis).
+    """
+    from phenaki_jax.data import video
+
+    ext = os.path.splitext(path)[1].lower()
+    if ext == ".npy":
+        if not os.path.isfile(path):
+            raise cli.UsageError(f"--input file not found: {path}")
+        try:
+            arr = np.load(path, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as e:
+            raise cli.UsageError(f"--input {path} is not a readable .npy file: {e}") from e
+        if arr.dtype != np.uint8:
+            raise cli.UsageError(f"--input {path} must be uint8, got {arr.dtype}")
+        single = arr.ndim == 4
+        if single:
+            arr = arr[None]
+        if arr.ndim != 5 or arr.shape[-1] != 3:
+            raise cli.UsageError(f"--input {path} must be [B, T, H, W, 3], got {arr.shape}")
+        _, t, h, w, _ = arr.shape
+        if (h, w) != (resolution, resolution):
+            raise cli.UsageError(f"--input {path} has frames of {h}x{w}; the tokenizer was "
+                                 f"trained at {resolution}x{resolution}")
+        if (t - 1) % 2 or t > max_frames:
+            raise cli.UsageError(f"--input {path} has {t} frames; the tokenizer takes 1 + 2k "
+                                 f"frames, at most {max_frames}")
+        return arr, single
+    if ext in video.IMAGE_EXTENSIONS:
+        return video.center_crop_resize(video.read_image(path), resolution)[None, None], False
+    if ext in video.VIDEO_EXTENSIONS:
+        frames = video.read_video(path, fps=8.0, max_frames=max_frames)
+        t = frames.shape[0] - (frames.shape[0] - 1) % 2
+        return video.center_crop_resize(frames[:t], resolution)[None], False
+    raise cli.UsageError(f"--input {path}: unknown file type '{ext}' (.npy, a video or an image)")
+
+
+def tokenize_and_reconstruct(stage: Any, state: Any, clips: np.ndarray,
+                             chunk: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """clips uint8 [B, T, H, W, 3] -> (reconstruction uint8 same shape, ids int32 [B,t,h,w])."""
+    import jax
+
+    from phenaki_jax.models.cvivit import float_to_frames, frames_to_float
+
+    variables = {"params": stage.inference_params(state), **state.model_state}
+
+    @jax.jit
+    def run(v: Any, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        out = stage.model.apply(v, frames_to_float(x))
+        return float_to_frames(out["recon"]), out["ids"]
+
+    recons, ids = [], []
+    for i in range(0, clips.shape[0], chunk):
+        r, t = jax.device_get(run(variables, clips[i:i + chunk]))
+        recons.append(np.asarray(r))
+        ids.append(np.asarray(t, np.int32))
+    return np.concatenate(recons), np.concatenate(ids)
+
+
+def main(argv: Sequence[str]) -> None:
+    if len(argv) > 1:
+        raise cli.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    for name, flag in (("--workdir", _WORKDIR), ("--input", _INPUT), ("--output", _OUTPUT)):
+        if not flag.value:
+            raise cli.UsageError(f"{name} is required")
+    if not _OUTPUT.value.endswith(".npy"):
+        raise cli.UsageError(f"--output must be a .npy path, got {_OUTPUT.value}")
+    if _TOKENS.value and not _TOKENS.value.endswith(".npy"):
+        raise cli.UsageError(f"--tokens must be a .npy path, got {_TOKENS.value}")
+    from phenaki_jax.data import video
+    from phenaki_jax.train import trainer
+
+    config, stage, state = trainer.restore_for_inference(_WORKDIR.value, expected_stage="cvivit")
+    max_frames = config.data.num_frames
+    clips, squeeze = load_clips(_INPUT.value, config.data.resolution, max_frames)
+    recon, ids = tokenize_and_reconstruct(stage, state, clips)
+    video.save_npy(_OUTPUT.value, recon[0] if squeeze else recon)
+    if _TOKENS.value:
+        video.save_npy(_TOKENS.value, ids[0] if squeeze else ids)
+    sys.stderr.write(f"phenaki-tokenize: {clips.shape} -> tokens {ids.shape}; wrote "
+                     f"{_OUTPUT.value}\n")
+
+
+def run() -> None:
+    from phenaki_jax.data.video import MediaError
+    from phenaki_jax.train.checkpoint import CheckpointError
+
+    cli.run("phenaki-tokenize", main, (MediaError, CheckpointError))
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,1 @@
+"""Training: the loop (trainer.py), the stages, checkpoints and state."""

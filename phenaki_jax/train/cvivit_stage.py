@@ -1,0 +1,276 @@
+"""Stage 1: the C-ViViT tokenizer's state, train step and evaluation.
+
+One train step: encode-quantize-decode, L2 + VQ (+ LPIPS + adversarial) loss, AdamW update,
+dead-code restart every `quantizer.restart_every_steps`, and, when the adversarial loss is on,
+one discriminator update with its own optimizer and LeCam regularisation. A step whose loss,
+gradient norm or new parameters are not finite changes nothing but the counters.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from phenaki_jax import config_lib
+from phenaki_jax.models import discriminator as disc_lib
+from phenaki_jax.models import quantizers
+from phenaki_jax.models.cvivit import CViViT, float_to_frames, frames_to_float, token_grid
+from phenaki_jax.train import state as state_lib
+
+Array = jax.Array
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    config_lib.validate_cvivit_model(config.model, config.data.resolution, config.data.num_frames)
+    q, loss = config.quantizer, config.loss
+    if not 0 <= q.usage_decay < 1:
+        raise config_lib.ConfigError("config.quantizer.usage_decay must be in [0, 1)")
+    for f in ("commitment_weight", "dead_threshold", "restart_every_steps"):
+        if q[f] < 0:
+            raise config_lib.ConfigError(f"config.quantizer.{f} must be >= 0")
+    for f in ("l2_weight", "vq_weight", "perceptual_weight", "adversarial_weight",
+              "lecam_weight", "adversarial_start_step"):
+        if loss[f] < 0:
+            raise config_lib.ConfigError(f"config.loss.{f} must be >= 0")
+    if loss.adversarial_weight > 0:
+        r = config.data.resolution
+        if r < 8 or r & (r - 1):
+            raise config_lib.ConfigError(
+                "config.data.resolution must be a power of two >= 8 when "
+                "config.loss.adversarial_weight > 0 (the discriminator halves it down to 4)")
+        if config.discriminator.channels <= 0 or config.discriminator.learning_rate <= 0:
+            raise config_lib.ConfigError(
+                "config.discriminator.channels and .learning_rate must be positive")
+
+
+def psnr_per_clip(a: Array, b: Array, weights: Array | None = None) -> Array:
+    """PSNR in dB between uint8 clips [B, T, H, W, 3]; `weights` [B, T] selects frames."""
+    err = jnp.square(a.astype(jnp.float32) - b.astype(jnp.float32)).mean(axis=(2, 3, 4))
+    if weights is None:
+        mse = err.mean(axis=1)
+    else:
+        mse = (err * weights).sum(1) / jnp.maximum(weights.sum(1), 1)
+    return 10.0 * jnp.log10(255.0 ** 2 / jnp.maximum(mse, 1e-10))
+
+
+def frame_weights(batch: dict[str, Array]) -> Array:
+    """[B, T]: all frames of a video, only frame 0 of an image (its other frames are padding)."""
+    b, t = batch["frames"].shape[:2]
+    is_image = batch["is_image"].reshape(b, 1).astype(bool)
+    first = (jnp.arange(t) == 0)[None, :]
+    return jnp.where(is_image, first, True).astype(jnp.float32)
+
+
+class CViViTStage:
+    """Builds and trains the tokenizer; the trainer drives it through this interface."""
+
+    name = "cvivit"
+
+    def __init__(self, config: ml_collections.ConfigDict) -> None:
+        self.config = config
+        self.model = CViViT.from_config(config)
+        self.tx = state_lib.make_optimizer(config)
+        self.use_adv = config.loss.adversarial_weight > 0
+        self.use_perceptual = config.loss.perceptual_weight > 0
+        if self.use_adv:
+            self.disc = disc_lib.Discriminator(config.discriminator.channels,
+                                               config.discriminator.max_channels)
+            self.disc_tx = state_lib.make_optimizer(config, config.discriminator.learning_rate)
+        if self.use_perceptual:
+            from phenaki_jax.models.perceptual import Perceptual
+
+            self.perceptual = Perceptual("alexnet")
+        self.tokens_shape = token_grid(config.data.num_frames, config.data.resolution,
+                                       config.model.patch_size, config.model.temporal_patch_size)
+
+    # -- shapes -----------------------------------------------------------------------------
+    def example_batch(self, batch_size: int | None = None) -> dict[str, Array]:
+        c = self.config
+        b = c.batch_size if batch_size is None else batch_size
+        r = c.data.resolution
+        return {"frames": jnp.zeros((b, c.data.num_frames, r, r, 3), jnp.uint8),
+                "is_image": jnp.zeros((b,), jnp.int32)}
+
+    batch_axes = {"frames": ("batch", "time", "height", "width", "channels"),
+                  "is_image": ("batch",)}
+
+    def init(self, rng: Array) -> state_lib.TrainState:
+        """The initial state with logically boxed parameters (unbox before use)."""
+        x = frames_to_float(self.example_batch(1)["frames"])
+        variables = self.model.init(jax.random.fold_in(rng, 0), x)
+        params = variables["params"]
+        model_state = {"vq_stats": variables["vq_stats"]}
+        aux: dict[str, Any] = {}
+        if self.use_adv:
+            dparams = self.disc.init(jax.random.fold_in(rng, 1), x)["params"]
+            aux = {"disc_params": dparams, "disc_opt_state": self.disc_tx.init(dparams),
+                   "lecam_real": jnp.zeros((), jnp.float32),
+                   "lecam_fake": jnp.zeros((), jnp.float32)}
+        return state_lib.TrainState(
+            step=jnp.zeros((), jnp.int32), params=params, opt_state=self.tx.init(params),
+            ema_params=params if self.config.ema_decay > 0 else {},
+            model_state=model_state, aux=aux,
+            nonfinite_streak=jnp.zeros((), jnp.int32), nonfinite_total=jnp.zeros((), jnp.int32))
+
+    # -- training -----------------------------------------------------------------------------
+    def train_step(self, state: state_lib.TrainState, batch: dict[str, Array]
+                   ) -> tuple[state_lib.TrainState, dict[str, Array]]:
+        c = self.config
+        rng = jax.random.fold_in(jax.random.key(c.seed), state.step)
+        x = frames_to_float(batch["frames"])
+        w = frame_weights(batch)
+        adv_on = (state.step >= c.loss.adversarial_start_step).astype(jnp.float32)
+
+        def loss_fn(params: Any) -> tuple[Array, Any]:
+            out, new_vars = self.model.apply({"params": params, **state.model_state}, x,
+                                             update_stats=True, mutable=["vq_stats"])
+            recon = out["recon"]
+            err = jnp.square(recon - x).mean(axis=(2, 3, 4))
+            l2 = (err * w).sum() / w.sum()
+            loss = c.loss.l2_weight * l2 + c.loss.vq_weight * out["loss"]
+            metrics = {"l2": l2, "vq_loss": out["loss"], "perplexity": out["perplexity"],
+                       "batch_usage": out["batch_usage"]}
+            if self.use_perceptual:
+                # One frame per clip keeps LPIPS affordable: frame 0 for images, a random
+                # frame for videos (chosen by the step's RNG, so resume reproduces it).
+                t = jax.random.randint(jax.random.fold_in(rng, 2), (x.shape[0],), 0, x.shape[1])
+                t = jnp.where(batch["is_image"] > 0, 0, t)
+                pick = lambda v: jnp.take_along_axis(v, t[:, None, None, None, None], 1)[:, 0]
+                perc = self.perceptual(pick(recon), pick(x)).mean()
+                loss = loss + c.loss.perceptual_weight * perc
+                metrics["perceptual"] = perc
+            if self.use_adv:
+                fake_logits = self.disc.apply({"params": state.aux["disc_params"]}, recon)
+                g_loss = disc_lib.generator_loss(fake_logits)
+                loss = loss + adv_on * c.loss.adversarial_weight * g_loss
+                metrics["g_loss"] = g_loss
+            metrics["loss"] = loss
+            return loss, (metrics, new_vars, recon, (out["z"], out["errors"]))
+
+        (loss, (metrics, new_vars, recon, z_err)), grads = jax.value_and_grad(
+            loss_fn, has_aux=True)(state.params)
+        grad_norm = optax.global_norm(grads)
+        updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        model_state = {"vq_stats": new_vars["vq_stats"]}
+
+        if c.quantizer.restart_every_steps > 0:
+            params, model_state, restarted = self._maybe_restart(params, model_state, *z_err,
+                                                                  rng, state.step)
+            metrics["restarted_codes"] = restarted
+
+        aux = state.aux
+        if self.use_adv:
+            aux, d_metrics = self._disc_update(state.aux, x, jax.lax.stop_gradient(recon),
+                                               adv_on)
+            metrics.update(d_metrics)
+
+        ema = state.ema_params
+        if c.ema_decay > 0:
+            ema = state_lib.ema_update(state.ema_params, params, c.ema_decay)
+
+        ok = (jnp.isfinite(loss) & jnp.isfinite(grad_norm) & state_lib.all_finite(params)
+              & state_lib.all_finite(aux))
+        candidate = state.replace(params=params, opt_state=opt_state, ema_params=ema,
+                                  model_state=model_state, aux=aux)
+        new_state = state_lib.select_tree(ok, candidate, state)
+        new_state = new_state.replace(
+            step=state.step + 1,
+            nonfinite_streak=jnp.where(ok, 0, state.nonfinite_streak + 1),
+            nonfinite_total=state.nonfinite_total + (~ok).astype(jnp.int32))
+
+        usage = model_state["vq_stats"]["quantizer"]["usage"]
+        k = usage.shape[0]
+        metrics.update({
+            "grad_norm": grad_norm,
+            "learning_rate": state_lib.learning_rate_schedule(c)(state.step),
+            "codebook_usage": jnp.mean((usage > c.quantizer.dead_threshold / k)
+                                       .astype(jnp.float32)),
+            "psnr": psnr_per_clip(float_to_frames(recon), batch["frames"], w).mean(),
+            "nonfinite_steps": new_state.nonfinite_total.astype(jnp.float32),
+            "nonfinite_streak": new_state.nonfinite_streak.astype(jnp.float32),
+        })
+        return new_state, metrics
+
+    def _maybe_restart(self, params: Any, model_state: Any, z: Array, errors: Array,
+                       rng: Array, step: Array) -> tuple[Any, Any, Array]:
+        c = self.config
+        codebook = params["quantizer"]["codebook"]
+        usage = model_state["vq_stats"]["quantizer"]["usage"]
+        new_cb, new_usage, n = quantizers.restart_dead_codes(
+            codebook, usage, z.reshape(-1, z.shape[-1]), errors.reshape(-1),
+            jax.random.fold_in(rng, 3),
+            c.quantizer.dead_threshold)
+        do = ((step + 1) % c.quantizer.restart_every_steps) == 0
+        params = {**params, "quantizer": {**params["quantizer"],
+                                          "codebook": jnp.where(do, new_cb, codebook)}}
+        model_state = {"vq_stats": {"quantizer": {"usage": jnp.where(do, new_usage, usage)}}}
+        return params, model_state, jnp.where(do, n, 0).astype(jnp.float32)
+
+    def _disc_update(self, aux: dict[str, Any], real: Array, fake: Array, adv_on: Array
+                     ) -> tuple[dict[str, Any], dict[str, Array]]:
+        c = self.config
+
+        def d_loss_fn(dparams: Any) -> tuple[Array, tuple[Array, Array]]:
+            logits = self.disc.apply({"params": dparams}, jnp.concatenate([real, fake], 0))
+            real_l, fake_l = jnp.split(logits, 2)
+            loss = disc_lib.discriminator_loss(real_l, fake_l)
+            loss = loss + c.loss.lecam_weight * disc_lib.lecam_penalty(
+                real_l, fake_l, aux["lecam_real"], aux["lecam_fake"])
+            return loss, (real_l.mean(), fake_l.mean())
+
+        (d_loss, (real_m, fake_m)), g = jax.value_and_grad(d_loss_fn, has_aux=True)(
+            aux["disc_params"])
+        updates, opt = self.disc_tx.update(g, aux["disc_opt_state"], aux["disc_params"])
+        new_params = optax.apply_updates(aux["disc_params"], updates)
+        # Before the adversarial loss starts, the discriminator does not train either.
+        on = adv_on > 0
+        new_aux = {
+            "disc_params": state_lib.select_tree(on, new_params, aux["disc_params"]),
+            "disc_opt_state": state_lib.select_tree(on, opt, aux["disc_opt_state"]),
+            "lecam_real": jnp.where(on, 0.99 * aux["lecam_real"] + 0.01 * real_m,
+                                    aux["lecam_real"]),
+            "lecam_fake": jnp.where(on, 0.99 * aux["lecam_fake"] + 0.01 * fake_m,
+                                    aux["lecam_fake"]),
+        }
+        return new_aux, {"d_loss": d_loss, "d_real": real_m, "d_fake": fake_m}
+
+    # -- evaluation -----------------------------------------------------------------------
+    def inference_params(self, state: state_lib.TrainState) -> Any:
+        return state.ema_params if self.config.ema_decay > 0 else state.params
+
+    def eval_step(self, state: state_lib.TrainState, batch: dict[str, Array]
+                  ) -> dict[str, Array]:
+        """Per-batch sums, so the trainer can average over batches exactly."""
+        variables = {"params": self.inference_params(state), **state.model_state}
+        out = self.model.apply(variables, frames_to_float(batch["frames"]))
+        w = frame_weights(batch)
+        recon = float_to_frames(out["recon"])
+        ids = out["ids"]
+        counts = jnp.zeros((self.config.model.codebook_size,), jnp.float32).at[
+            ids.reshape(-1)].add(1.0)
+        return {"psnr_sum": psnr_per_clip(recon, batch["frames"], w).sum(),
+                "count": jnp.asarray(batch["frames"].shape[0], jnp.float32),
+                "code_counts": counts}
+
+    def finish_eval(self, sums: dict[str, np.ndarray]) -> dict[str, float]:
+        share = sums["code_counts"] / max(sums["code_counts"].sum(), 1)
+        nz = share[share > 0]
+        return {"eval_psnr": float(sums["psnr_sum"] / sums["count"]),
+                "eval_codebook_used": float((sums["code_counts"] > 0).mean()),
+                "eval_perplexity": float(np.exp(-(nz * np.log(nz)).sum()))}
+
+    def summary_images(self, state: state_lib.TrainState, batch: dict[str, Array]) -> Array:
+        """uint8 [N, H, T*W, 3]: each row the original clip over its reconstruction."""
+        variables = {"params": self.inference_params(state), **state.model_state}
+        recon = float_to_frames(self.model.apply(variables, frames_to_float(batch["frames"]))
+                                ["recon"])
+        orig = batch["frames"]
+        b, t, h, w, ch = orig.shape
+        grid = jnp.concatenate([orig, recon], axis=2)  # [B, T, 2H, W, 3]
+        return grid.transpose(0, 2, 1, 3, 4).reshape(b, 2 * h, t * w, ch)

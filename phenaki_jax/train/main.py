@@ -1,0 +1,38 @@
+"""phenaki-train: `--config=configs/cvivit.py:variant=tiny --workdir=DIR [--config.KEY=V]`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from absl import flags, logging
+from ml_collections import config_flags
+
+from phenaki_jax import cli
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints and metrics go.")
+
+
+def main(argv: Sequence[str]) -> None:
+    if len(argv) > 1:
+        raise cli.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if _CONFIG.value is None:
+        raise cli.UsageError("--config is required (e.g. --config=configs/cvivit.py:variant=tiny)")
+    if not _WORKDIR.value:
+        raise cli.UsageError("--workdir is required")
+    from phenaki_jax.train import trainer
+
+    logging.set_verbosity(logging.INFO)
+    summary = trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    logging.info("finished: %s", {k: v for k, v in summary.items() if k != "metrics"})
+
+
+def run() -> None:
+    from phenaki_jax.train import checkpoint, trainer
+
+    cli.run("phenaki-train", main, (trainer.TrainingError, checkpoint.CheckpointError))
+
+
+if __name__ == "__main__":
+    run()

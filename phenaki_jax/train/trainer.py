@@ -1,0 +1,305 @@
+"""The one training loop, for every stage: `train_and_evaluate(config, workdir)`.
+
+State is created sharded (abstract init with `jax.eval_shape`, shardings from the logical axis
+names, then `jax.jit(init, out_shardings=...)`), restored from the newest complete checkpoint
+if there is one, and advanced by a jitted step with explicit in/out shardings on one mesh.
+The loop stops cleanly on SIGTERM (checkpoint, wait until durable, return), stops with a
+`TrainingError` after `max_consecutive_nonfinite` bad steps, and logs metrics.jsonl,
+TensorBoard scalars and images, and a progress line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from typing import Any
+
+import flax.linen as nn
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+
+from phenaki_jax import config_lib, sharding
+from phenaki_jax.data import pipeline
+from phenaki_jax.train import checkpoint as ckpt_lib
+
+
+class TrainingError(RuntimeError):
+    """The run cannot continue (divergence); the message is one line naming step and cause."""
+
+
+def make_stage(config: ml_collections.ConfigDict):  # noqa: ANN201 - a stage object
+    if config.stage == "cvivit":
+        from phenaki_jax.train.cvivit_stage import CViViTStage
+
+        return CViViTStage(config)
+    if config.stage == "maskgit":
+        from phenaki_jax.train.maskgit_stage import MaskGITStage
+
+        return MaskGITStage(config)
+    raise config_lib.ConfigError(f"config.stage must be one of {config_lib.STAGES}")
+
+
+def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
+    """Every check that needs no compilation: config fields, mesh, stage specifics."""
+    config_lib.validate_common(config, num_devices)
+    if config.stage == "cvivit":
+        from phenaki_jax.train import cvivit_stage
+
+        cvivit_stage.validate(config)
+    else:
+        from phenaki_jax.train import maskgit_stage
+
+        maskgit_stage.validate(config)
+
+
+def _first_difference(a: Any, b: Any, prefix: str) -> str | None:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in sorted(set(a) | set(b)):
+            d = _first_difference(a.get(k), b.get(k), f"{prefix}.{k}")
+            if d:
+                return d
+        return None
+    return None if a == b else prefix
+
+
+class _Preemption:
+    """SIGTERM sets a flag; the loop finishes its step, saves, and returns."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def __enter__(self) -> _Preemption:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handler)
+        return self
+
+    def _handler(self, signum: int, frame: Any) -> None:  # noqa: ANN401
+        logging.warning("SIGTERM received: finishing the current step, then checkpointing")
+        self.requested = True
+
+    def should_stop(self, step: int) -> bool:
+        if self.requested:
+            return True
+        if jax.process_count() > 1:
+            # On TPU pods, JAX's preemption service tells every host at the same step.
+            try:
+                from jax.experimental import multihost_utils
+
+                return bool(multihost_utils.reached_preemption_sync_point(step))
+            except Exception:  # noqa: BLE001 - not initialised with a preemption service
+                return False
+        return False
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+class _Writers:
+    """metrics.jsonl and TensorBoard (tensorboardX), written by process 0 only."""
+
+    def __init__(self, workdir: str) -> None:
+        self.active = jax.process_index() == 0
+        self.path = os.path.join(workdir, "metrics.jsonl")
+        self.tb: Any = None
+        if self.active:
+            from tensorboardX import SummaryWriter
+
+            self.tb = SummaryWriter(workdir, flush_secs=30)
+
+    def scalars(self, step: int, values: dict[str, float]) -> None:
+        if not self.active:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"step": step, **values}) + "\n")
+        for k, v in values.items():
+            self.tb.add_scalar(k, v, step)
+
+    def images(self, step: int, name: str, images: np.ndarray) -> None:
+        """images uint8 [N, H, W, 3]."""
+        if self.active:
+            self.tb.add_images(name, images, step, dataformats="NHWC")
+            self.tb.flush()
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def _fmt_duration(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
+
+def create_state(stage: Any, mesh: jax.sharding.Mesh, rng: jax.Array
+                 ) -> tuple[Any, Any, Any]:
+    """Returns (init_fn, abstract unboxed state with shardings, state shardings)."""
+    boxed = jax.eval_shape(stage.init, rng)
+    state_shardings = sharding.tree_shardings(mesh, boxed)
+    abstract = jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+        nn.unbox(boxed), state_shardings)
+
+    def init_fn(key: jax.Array) -> Any:
+        return nn.unbox(stage.init(key))
+
+    init = jax.jit(init_fn, out_shardings=state_shardings)
+    return init, abstract, state_shardings
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Trains `config.stage` into `workdir`, resuming from its newest complete checkpoint.
+
+    Returns a summary dict: `status` ("completed" or "preempted"), `step`, last metrics.
+    """
+    validate(config, jax.device_count())
+    os.makedirs(workdir, exist_ok=True)
+    mesh = sharding.make_mesh(config)
+    stage = make_stage(config)
+    checkpointer = ckpt_lib.Checkpointer(workdir, keep=config.keep_checkpoints)
+    steps = checkpointer.steps()
+    if steps:
+        _, stored = checkpointer.latest_config()
+        diff = (_first_difference(stored.to_dict().get("model"), config.model.to_dict(),
+                                  "config.model")
+                or (None if stored.get("stage") == config.stage else "config.stage"))
+        if diff:
+            raise config_lib.ConfigError(
+                f"{diff} differs from the checkpoint in {checkpointer.directory}; use a new "
+                "--workdir or the original value")
+
+    with sharding.axis_rules(), mesh:
+        init, abstract, state_shardings = create_state(stage, mesh, jax.random.key(config.seed))
+        restored = checkpointer.restore_latest(abstract)
+        if restored is None:
+            state = init(jax.random.key(config.seed))
+            start = 0
+            logging.info("initialised a new %s run in %s", config.stage, workdir)
+        else:
+            state, meta = restored
+            start = int(meta["batches_consumed"])
+            logging.info("resumed from step %d in %s", int(state.step), workdir)
+        if jax.process_index() == 0:
+            with open(os.path.join(workdir, "config.json"), "w") as f:
+                f.write(config.to_json_best_effort(indent=2))
+
+        batch_shardings = {k: sharding.logical_sharding(mesh, v)
+                           for k, v in stage.batch_axes.items()}
+        train_step = jax.jit(stage.train_step,
+                             in_shardings=(state_shardings, batch_shardings),
+                             out_shardings=(state_shardings, sharding.replicated(mesh)),
+                             donate_argnums=(0,))
+        eval_step = jax.jit(stage.eval_step, in_shardings=(state_shardings, batch_shardings),
+                            out_shardings=sharding.replicated(mesh))
+        writers = _Writers(workdir)
+        summary: dict[str, Any] = {"status": "completed", "step": int(state.step)}
+
+        def to_device(host: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+            return sharding.global_batch(mesh, {k: host[k] for k in stage.batch_axes})
+
+        def save(step: int, force: bool = False) -> None:
+            meta = {"step": step, "batches_consumed": step, "stage": config.stage,
+                    "config": ckpt_lib.config_to_json(config)}
+            checkpointer.save(step, state, meta, force=force)
+
+        def evaluate(step: int) -> dict[str, float]:
+            sums: dict[str, np.ndarray] = {}
+            batches = pipeline.host_batches(config, config.data.eval_split)
+            first = None
+            for _ in range(config.eval_batches):
+                batch = to_device(next(batches))
+                first = first or batch
+                out = jax.device_get(eval_step(state, batch))
+                for k, v in out.items():
+                    sums[k] = sums.get(k, 0) + np.asarray(v, np.float64)
+            results = stage.finish_eval(sums)
+            writers.scalars(step, results)
+            if first is not None and hasattr(stage, "summary_images"):
+                images = np.asarray(jax.device_get(jax.jit(stage.summary_images)(state, first)))
+                writers.images(step, "reconstructions", images[:4])
+            logging.info("eval at step %d: %s", step,
+                         ", ".join(f"{k}={v:.4g}" for k, v in results.items()))
+            return results
+
+        total = config.total_steps
+        step = int(state.step)
+        batches = pipeline.host_batches(config, config.data.train_split, start_batch=start)
+        last_log_time, last_log_step = time.time(), step
+        run_start = time.time()
+        with _Preemption() as preemption:
+            while step < total:
+                batch = to_device(next(batches))
+                state, metrics = train_step(state, batch)
+                step += 1
+                streak = int(jax.device_get(state.nonfinite_streak))
+                if streak >= config.max_consecutive_nonfinite:
+                    bad = jax.device_get(metrics)
+                    checkpointer.wait()
+                    raise TrainingError(
+                        f"step {step}: loss or gradient norm not finite for {streak} consecutive "
+                        f"steps (loss={float(bad['loss']):.4g}, "
+                        f"grad_norm={float(bad['grad_norm']):.4g}); parameters were left at "
+                        f"their last finite values, the newest checkpoint is finite")
+                if step % config.log_every_steps == 0 or step == total:
+                    values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                    now = time.time()
+                    dt = (now - last_log_time) / max(step - last_log_step, 1)
+                    values["step_time_s"] = dt
+                    values["examples_per_s"] = config.batch_size / dt if dt > 0 else 0.0
+                    writers.scalars(step, values)
+                    rate = (step - last_log_step) / max(now - last_log_time, 1e-9)
+                    logging.info("step %d/%d loss=%.4g%s | %.2f steps/s %.1f ex/s | ETA %s",
+                                 step, total, values["loss"],
+                                 f" psnr={values['psnr']:.2f}" if "psnr" in values else "",
+                                 rate, values["examples_per_s"],
+                                 _fmt_duration((total - step) / max(rate, 1e-9)))
+                    last_log_time, last_log_step = now, step
+                    summary["metrics"] = values
+                if config.eval_every_steps and step % config.eval_every_steps == 0 \
+                        and step < total:
+                    evaluate(step)
+                if step % config.checkpoint_every_steps == 0 and step < total:
+                    save(step)
+                if preemption.should_stop(step) and step < total:
+                    save(step, force=True)
+                    checkpointer.wait()
+                    logging.warning("preempted: checkpoint of step %d is durable; exiting", step)
+                    summary.update(status="preempted", step=step)
+                    checkpointer.close()
+                    return summary
+        if step not in checkpointer.steps():
+            save(step, force=True)
+        checkpointer.wait()
+        summary["eval"] = evaluate(step)
+        summary["step"] = step
+        summary["train_time_s"] = time.time() - run_start
+        checkpointer.close()
+        return summary
+
+
+def restore_for_inference(workdir: str, mesh: jax.sharding.Mesh | None = None,
+                          expected_stage: str | None = None) -> tuple[Any, Any, Any]:
+    """Loads (config, stage, state) from the newest complete checkpoint in `workdir` onto
+    this machine's mesh (whatever mesh the run was trained on)."""
+    checkpointer = ckpt_lib.Checkpointer(workdir, read_only=True)
+    _, config = checkpointer.latest_config()
+    if expected_stage and config.get("stage") != expected_stage:
+        raise ckpt_lib.CheckpointError(
+            f"{workdir} holds a '{config.get('stage')}' checkpoint, expected '{expected_stage}'")
+    config.mesh = ml_collections.ConfigDict({"data": -1, "model": 1})
+    stage = make_stage(config)
+    mesh = mesh or sharding.make_mesh(config)
+    with sharding.axis_rules(), mesh:
+        _, abstract, _ = create_state(stage, mesh, jax.random.key(0))
+        restored = checkpointer.restore_latest(abstract)
+    if restored is None:
+        raise ckpt_lib.CheckpointError(f"no complete checkpoint in {workdir}")
+    return config, stage, restored[0]

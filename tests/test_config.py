@@ -1,0 +1,84 @@
+"""Configs: every variant is valid, every canonical field exists, impossible configs fail with
+a message naming the field."""
+
+import pytest
+from conftest import load_config
+
+from phenaki_jax import config_lib
+from phenaki_jax.train import trainer
+
+CANONICAL_BOTH = ["batch_size", "total_steps", "learning_rate", "seed", "data.name",
+                  "data.resolution", "data.num_frames", "mesh", "checkpoint_every_steps",
+                  "log_every_steps"]
+CANONICAL_TOKENIZER = ["model.width", "model.spatial_layers", "model.temporal_layers",
+                       "model.num_heads", "model.mlp_dim", "model.patch_size",
+                       "model.temporal_patch_size", "model.codebook_size", "model.code_dim",
+                       "loss.perceptual_weight", "loss.adversarial_weight"]
+
+
+def _get(c, path):
+    for p in path.split("."):
+        c = c[p]
+    return c
+
+
+@pytest.mark.parametrize("variant", config_lib.VARIANTS)
+def test_cvivit_variants_have_canonical_fields_and_validate(variant):
+    c = load_config("cvivit", f"variant={variant}")
+    for f in CANONICAL_BOTH + CANONICAL_TOKENIZER:
+        _get(c, f)
+    trainer.validate(c, num_devices=1)
+
+
+def test_paper_variant_matches_paper_sizes():
+    m = load_config("cvivit", "variant=paper").model
+    assert (m.width, m.spatial_layers, m.temporal_layers, m.num_heads, m.mlp_dim) == (
+        512, 4, 4, 8, 2048)
+    assert (m.codebook_size, m.code_dim, m.patch_size, m.temporal_patch_size) == (
+        8192, 32, 8, 2)
+
+
+@pytest.mark.parametrize("field,value,needle", [
+    ("model.patch_size", 5, "config.model.patch_size"),
+    ("data.num_frames", 10, "config.data.num_frames"),
+    ("model.code_dim", 4096, "config.model.code_dim"),
+    ("model.num_heads", 3, "config.model.num_heads"),
+    ("batch_size", 0, "config.batch_size"),
+    ("learning_rate", -1.0, "config.learning_rate"),
+    ("model.codebook_size", 1, "config.model.codebook_size"),
+    ("ema_decay", 1.5, "config.ema_decay"),
+    ("model.dtype", "float16", "config.model.dtype"),
+])
+def test_impossible_config_names_the_field(field, value, needle):
+    c = load_config("cvivit")
+    node = c
+    parts = field.split(".")
+    for p in parts[:-1]:
+        node = node[p]
+    node[parts[-1]] = value
+    with pytest.raises(config_lib.ConfigError) as e:
+        trainer.validate(c, num_devices=1)
+    assert needle in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_mesh_must_match_devices():
+    c = load_config("cvivit")
+    c.mesh.data = 3
+    with pytest.raises(config_lib.ConfigError, match="config.mesh"):
+        trainer.validate(c, num_devices=8)
+    c.mesh.data, c.mesh.model = -1, 3
+    with pytest.raises(config_lib.ConfigError, match="config.mesh"):
+        trainer.validate(c, num_devices=8)
+    c.mesh.data, c.mesh.model = -1, 2
+    c.batch_size = 6  # 4 data shards
+    with pytest.raises(config_lib.ConfigError, match="config.batch_size"):
+        trainer.validate(c, num_devices=8)
+    assert config_lib.mesh_shape(c, 8) == {"data": 4, "model": 2}
+
+
+def test_unknown_config_argument_and_variant():
+    with pytest.raises(config_lib.ConfigError, match="variant"):
+        load_config("cvivit", "variant=huge")
+    with pytest.raises(config_lib.ConfigError, match="'colour'"):
+        load_config("cvivit", "variant=tiny,colour=red")

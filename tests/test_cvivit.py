@@ -1,0 +1,151 @@
+"""C-ViViT: patch layout, causality, the quantizer, dead-code restart (numpy references)."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import load_config
+
+from phenaki_jax.models import quantizers
+from phenaki_jax.models.cvivit import CViViT, token_grid
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    c = load_config("cvivit")
+    model = CViViT.from_config(c)
+    x = jax.random.uniform(jax.random.key(1), (2, 11, 32, 32, 3), minval=-1, maxval=1)
+    variables = model.init(jax.random.key(0), x)
+    return c, model, variables, x
+
+
+def numpy_patches(video, p, pt):
+    """Independent reference: token (j, a, b) holds frames of its tubelet, pixels row-major."""
+    b, t, h, w, c = video.shape
+    first = np.zeros((b, 1, h // p, w // p, p * p * c))
+    rest = np.zeros((b, (t - 1) // pt, h // p, w // p, pt * p * p * c))
+    for i in range(h // p):
+        for j in range(w // p):
+            first[:, 0, i, j] = video[:, 0, i * p:(i + 1) * p, j * p:(j + 1) * p].reshape(b, -1)
+            for k in range((t - 1) // pt):
+                tube = video[:, 1 + k * pt:1 + (k + 1) * pt, i * p:(i + 1) * p,
+                             j * p:(j + 1) * p]
+                rest[:, k, i, j] = tube.reshape(b, -1)
+    return first, rest
+
+
+def test_patch_layout_matches_reference_and_roundtrips(tiny):
+    c, model, variables, x = tiny
+    x = np.asarray(x)
+    first, rest = model.apply(variables, jnp.asarray(x), method=model._patchify)
+    ref_first, ref_rest = numpy_patches(x, 4, 2)
+    np.testing.assert_array_equal(np.asarray(first), ref_first.astype(np.float32))
+    np.testing.assert_array_equal(np.asarray(rest), ref_rest.astype(np.float32))
+    back = model.apply(variables, first, rest, method=model._unpatchify)
+    np.testing.assert_array_equal(np.asarray(back), x)
+
+
+def test_token_grid_of_paper_clip():
+    assert token_grid(11, 128, 8) == (6, 16, 16)
+    assert token_grid(1, 128, 8) == (1, 16, 16)
+
+
+def test_encoder_is_causal(tiny):
+    """Tokens of the first 1 + 2j frames equal the first 1 + j token frames of the clip, and the
+    future cannot change the past: perturbing later frames leaves earlier tokens alone."""
+    _, model, variables, x = tiny
+    full = np.asarray(model.apply(variables, x, method=model.tokenize))
+    assert full.shape == (2, 6, 8, 8)
+    for j in range(6):
+        prefix = np.asarray(model.apply(variables, x[:, :1 + 2 * j], method=model.tokenize))
+        np.testing.assert_array_equal(prefix, full[:, :1 + j])
+    changed = x.at[:, 5:].set(-x[:, 5:])  # frames 5.. belong to token frames >= 3
+    ids = np.asarray(model.apply(variables, changed, method=model.tokenize))
+    np.testing.assert_array_equal(ids[:, :3], full[:, :3])
+    # ... and the encoder output really depends on the changed frames (the test can fail).
+    assert (ids[:, 3:] != full[:, 3:]).any()
+
+
+def test_decoder_is_causal(tiny):
+    _, model, variables, x = tiny
+    ids = model.apply(variables, x, method=model.tokenize)
+    full = np.asarray(model.apply(variables, ids, method=model.decode_ids))
+    part = np.asarray(model.apply(variables, ids[:, :3], method=model.decode_ids))
+    assert full.shape == (2, 11, 32, 32, 3) and part.shape == (2, 5, 32, 32, 3)
+    np.testing.assert_allclose(part, full[:, :5], atol=1e-5)
+
+
+def test_image_is_a_one_frame_video(tiny):
+    _, model, variables, x = tiny
+    image_ids = np.asarray(model.apply(variables, x[:, :1], method=model.tokenize))
+    video_ids = np.asarray(model.apply(variables, x, method=model.tokenize))
+    np.testing.assert_array_equal(image_ids[:, 0], video_ids[:, 0])
+
+
+def test_quantizer_picks_nearest_normalised_code():
+    vq = quantizers.FactorizedVQ(codebook_size=64, code_dim=8)
+    z = jax.random.normal(jax.random.key(3), (5, 7, 8))
+    variables = vq.init(jax.random.key(4), z)
+    out = vq.apply(variables, z)
+    cb = np.asarray(nn.unbox(variables)["params"]["codebook"], np.float64)
+    cb /= np.linalg.norm(cb, axis=-1, keepdims=True)
+    zn = np.asarray(z, np.float64)
+    zn /= np.linalg.norm(zn, axis=-1, keepdims=True)
+    dist = ((zn[..., None, :] - cb) ** 2).sum(-1)
+    np.testing.assert_array_equal(np.asarray(out["ids"]), dist.argmin(-1))
+    np.testing.assert_allclose(np.asarray(out["quantized"]), cb[dist.argmin(-1)], atol=1e-5)
+    # Straight-through: d quantized / d z is the identity on the normalised input.
+    g = jax.grad(lambda zz: vq.apply(variables, zz)["quantized"].sum())(zn.astype(np.float32))
+    assert np.abs(np.asarray(g)).sum() > 0
+
+
+def test_quantizer_loss_is_codebook_plus_weighted_commitment():
+    vq = quantizers.FactorizedVQ(codebook_size=16, code_dim=4, commitment_weight=0.25)
+    z = jax.random.normal(jax.random.key(5), (10, 4))
+    variables = vq.init(jax.random.key(6), z)
+    out = vq.apply(variables, z)
+    zn = np.asarray(z) / np.linalg.norm(np.asarray(z), axis=-1, keepdims=True)
+    q = np.asarray(out["quantized"])
+    mse = ((zn - q) ** 2).mean()
+    np.testing.assert_allclose(float(out["loss"]), 1.25 * mse, rtol=1e-4)
+
+
+def test_usage_statistics_are_an_ema_of_assignment_shares():
+    vq = quantizers.FactorizedVQ(codebook_size=4, code_dim=2, usage_decay=0.5)
+    z = jnp.array([[1.0, 0.0]] * 3 + [[0.0, 1.0]])
+    variables = vq.init(jax.random.key(0), z)
+    out, new = vq.apply(variables, z, update_stats=True, mutable=["vq_stats"])
+    share = np.bincount(np.asarray(out["ids"]), minlength=4) / 4
+    np.testing.assert_allclose(np.asarray(new["vq_stats"]["usage"]), 0.5 * share,
+                               atol=1e-6)
+
+
+def test_dead_code_restart_replaces_only_dead_codes_from_badly_fit_tokens():
+    k, d = 8, 4
+    codebook = jax.random.normal(jax.random.key(0), (k, d))
+    usage = jnp.array([0.5, 0.3, 0.2, 0.0, 0.0, 0.0, 0.0, 0.0])
+    candidates = quantizers.l2_normalize(jax.random.normal(jax.random.key(1), (32, d)))
+    errors = jnp.zeros((32,)).at[7].set(1.0)  # only candidate 7 is badly represented
+    new_cb, new_usage, n = quantizers.restart_dead_codes(codebook, usage, candidates, errors,
+                                                         jax.random.key(2), threshold=0.5)
+    assert int(n) == 5  # usage below 0.5 / 8
+    np.testing.assert_array_equal(np.asarray(new_cb[:3]), np.asarray(codebook[:3]))
+    fresh = np.asarray(quantizers.l2_normalize(new_cb[3:]))
+    # every restarted code points (up to the small noise) at the badly fit candidate
+    assert (fresh @ np.asarray(candidates[7])).min() > 0.99
+    np.testing.assert_allclose(np.asarray(new_usage[3:]), 1 / k)
+    np.testing.assert_allclose(np.linalg.norm(np.asarray(new_cb), axis=-1),
+                               np.linalg.norm(np.asarray(codebook), axis=-1), rtol=1e-5)
+
+
+def test_paper_parameter_count_is_about_50m():
+    c = load_config("cvivit", "variant=paper")
+    model = CViViT.from_config(c)
+    x = jax.ShapeDtypeStruct((1, 11, 128, 128, 3), jnp.float32)
+    shapes = jax.eval_shape(model.init, jax.random.key(0), x)
+    n = sum(int(np.prod(v.shape)) for v in jax.tree.leaves(nn.unbox(shapes["params"])))
+    d, mlp, layers = 512, 2048, 16
+    per_layer = 4 * d * d + 2 * d * mlp  # attention + MLP matrices, independent estimate
+    assert abs(n - layers * per_layer) / (layers * per_layer) < 0.05
+    assert 45e6 < n < 55e6

@@ -1,0 +1,112 @@
+"""Perceptual (frozen LPIPS) and adversarial parts of the tokenizer's training step."""
+
+import io
+import pickle
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import load_config
+
+from phenaki_jax.models import discriminator as disc_lib
+from phenaki_jax.models import perceptual
+from phenaki_jax.train import trainer
+
+
+@pytest.fixture(scope="module")
+def lpips():
+    return perceptual.Perceptual("alexnet")
+
+
+def test_lpips_zero_for_identical_and_grows_with_noise(lpips):
+    x = jax.random.uniform(jax.random.key(0), (2, 32, 32, 3), minval=-1, maxval=1)
+    small = x + 0.05 * jax.random.normal(jax.random.key(1), x.shape)
+    large = x + 0.5 * jax.random.normal(jax.random.key(1), x.shape)
+    d0, d1, d2 = (np.asarray(lpips(x, y)) for y in (x, small, large))
+    np.testing.assert_allclose(d0, 0.0, atol=1e-6)
+    assert (d1 > 0).all() and (d2 > d1).all()
+
+
+def test_lpips_weights_are_frozen_constants(lpips):
+    """Gradients reach the images but the LPIPS network gets none (it is not a parameter)."""
+    x = jax.random.uniform(jax.random.key(0), (1, 32, 32, 3), minval=-1, maxval=1)
+    y = jnp.zeros_like(x)
+    g_img = jax.grad(lambda a: lpips(a, y).sum())(x)
+    assert float(jnp.abs(g_img).sum()) > 0
+
+    def through_params(params):
+        old = lpips.params
+        lpips.params = params
+        try:
+            return lpips(x, y).sum()
+        finally:
+            lpips.params = old
+
+    g_params = jax.grad(through_params)(lpips.params)
+    assert all(float(jnp.abs(v).sum()) == 0 for v in jax.tree.leaves(g_params))
+
+
+def test_restricted_unpickler_refuses_code():
+    class Evil:
+        def __reduce__(self):
+            return (print, ("owned",))
+
+    payload = pickle.dumps({"w": Evil()})
+    with pytest.raises(pickle.UnpicklingError, match="refusing"):
+        perceptual._ArraysOnlyUnpickler(io.BytesIO(payload)).load()
+    ok = pickle.dumps({"w": np.arange(3.0)})
+    out = perceptual._ArraysOnlyUnpickler(io.BytesIO(ok)).load()
+    np.testing.assert_array_equal(out["w"], np.arange(3.0))
+
+
+def test_lecam_penalty_matches_formula():
+    real = jnp.array([1.0, -2.0, 3.0])
+    fake = jnp.array([-1.0, 0.5])
+    got = disc_lib.lecam_penalty(real, fake, jnp.array(0.2), jnp.array(-0.4))
+    want = np.mean(np.maximum(np.array([1.0, -2, 3]) + 0.4, 0) ** 2) + np.mean(
+        np.maximum(0.2 - np.array([-1.0, 0.5]), 0) ** 2)
+    np.testing.assert_allclose(float(got), want, rtol=1e-6)
+
+
+def test_gan_step_trains_both_players_with_perceptual_loss():
+    c = load_config("cvivit")
+    c.loss.adversarial_weight = 0.1
+    c.loss.perceptual_weight = 0.1
+    c.loss.adversarial_start_step = 0
+    c.warmup_steps = 0  # the first step must move the parameters
+    c.discriminator.channels = 8
+    c.batch_size = 2
+    c.model.width, c.model.mlp_dim = 32, 64
+    trainer.validate(c, 1)
+    stage = trainer.make_stage(c)
+    state = nn.unbox(stage.init(jax.random.key(0)))
+    rng = np.random.default_rng(0)
+    batch = {"frames": jnp.asarray(rng.integers(0, 256, (2, 11, 32, 32, 3), dtype=np.uint8)),
+             "is_image": jnp.zeros((2,), jnp.int32)}
+    new, metrics = jax.jit(stage.train_step)(state, batch)
+    for k in ("g_loss", "d_loss", "perceptual", "loss"):
+        assert np.isfinite(float(metrics[k])), k
+    changed = lambda a, b: any(float(jnp.abs(x - y).max()) > 0
+                               for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
+    assert changed(new.aux["disc_params"], state.aux["disc_params"])
+    assert changed(new.params, state.params)
+    assert float(new.aux["lecam_real"]) != 0.0
+
+
+def test_discriminator_waits_for_its_start_step():
+    c = load_config("cvivit")
+    c.loss.adversarial_weight = 0.1
+    c.loss.adversarial_start_step = 100
+    c.discriminator.channels = 8
+    c.batch_size = 2
+    c.model.width, c.model.mlp_dim = 32, 64
+    stage = trainer.make_stage(c)
+    state = nn.unbox(stage.init(jax.random.key(0)))
+    batch = {"frames": jnp.zeros((2, 11, 32, 32, 3), jnp.uint8),
+             "is_image": jnp.zeros((2,), jnp.int32)}
+    new, _ = jax.jit(stage.train_step)(state, batch)
+    for a, b in zip(jax.tree.leaves(new.aux["disc_params"]),
+                    jax.tree.leaves(state.aux["disc_params"]), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -1,0 +1,67 @@
+"""One mesh, logical axes: a data x model mesh of 8 emulated devices trains exactly like one
+device, and parameters really are split along `model`."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+from conftest import ROOT
+
+SCRIPT = r"""
+import json, sys
+import jax, numpy as np
+sys.path.insert(0, {root!r})
+from tests.conftest import load_config
+from phenaki_jax import sharding
+from phenaki_jax.train import trainer
+
+c = load_config("cvivit")
+c.batch_size = 8
+c.model.width, c.model.mlp_dim, c.model.num_heads = 32, 64, 4
+c.warmup_steps = 0
+c.mesh.data, c.mesh.model = {data}, {model}
+trainer.validate(c, jax.device_count())
+mesh = sharding.make_mesh(c)
+stage = trainer.make_stage(c)
+rng = np.random.default_rng(0)
+with sharding.axis_rules(), mesh:
+    init, abstract, shardings = trainer.create_state(stage, mesh, jax.random.key(0))
+    state = init(jax.random.key(0))
+    bsh = {{k: sharding.logical_sharding(mesh, v) for k, v in stage.batch_axes.items()}}
+    step = jax.jit(stage.train_step, in_shardings=(shardings, bsh),
+                   out_shardings=(shardings, sharding.replicated(mesh)))
+    losses = []
+    for i in range(3):
+        frames = rng.integers(0, 256, (8, 11, 32, 32, 3), dtype=np.uint8)
+        batch = sharding.global_batch(mesh, {{"frames": frames,
+                                             "is_image": np.zeros((8,), np.int32)}})
+        state, m = step(state, batch)
+        losses.append(float(m["loss"]))
+    wi = state.params["enc_spatial"]["block_0"]["mlp"]["wi"]["kernel"]
+    print(json.dumps({{"losses": losses, "devices": jax.device_count(),
+                      "wi_spec": str(wi.sharding.spec),
+                      "wi_shard_shape": list(wi.addressable_shards[0].data.shape)}}))
+"""
+
+
+def _run(devices, data, model):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2",
+           "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+    proc = subprocess.run([sys.executable, "-c", SCRIPT.format(root=ROOT, data=data,
+                                                               model=model)],
+                          env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_data_model_mesh_matches_single_device():
+    one = _run(1, -1, 1)
+    eight = _run(8, 4, 2)
+    assert eight["devices"] == 8
+    np.testing.assert_allclose(eight["losses"], one["losses"], rtol=1e-5)
+    # The MLP's input kernel [embed, mlp] is split along `mlp` over the 2-way model axis.
+    assert "model" in eight["wi_spec"]
+    assert eight["wi_shard_shape"] == [32, 32]
+    assert one["wi_shard_shape"] == [32, 64]
