@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 
@@ -39,6 +40,17 @@ def quiet_libraries() -> None:
     std_logging.getLogger().addFilter(_QuietLibraries())
 
 
+def _without_traceback(message: str) -> str:
+    """ml_collections embeds the config file's traceback in its flag error: keep the flag and
+    the exception's own last line, which is what names the problem."""
+    if "Traceback (most recent call last)" not in message:
+        return message
+    head = message.split("Traceback (most recent call last)")[0].rstrip(" :\n")
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    last = re.sub(r"^[\w.]+\.(\w+: )", r"\1", lines[-1])  # drop the exception's module path
+    return f"{head}: {last}"
+
+
 def run(program: str, main: Callable[[Sequence[str]], None],
         expected: tuple[type[BaseException], ...] = ()) -> None:
     """`absl.app.run` with flag errors and the `expected` exceptions as one-line errors."""
@@ -53,7 +65,7 @@ def run(program: str, main: Callable[[Sequence[str]], None],
         try:
             return flags.FLAGS(argv)
         except flags.Error as e:
-            fail(program, str(e), 2)
+            fail(program, _without_traceback(str(e)), 2)
         except handled as e:
             fail(program, str(e), 2)
         except Exception as e:  # noqa: BLE001 - e.g. a config file that raises on load

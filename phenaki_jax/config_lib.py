@@ -197,3 +197,25 @@ def validate_cvivit_model(model: ml_collections.ConfigDict, resolution: int,
         raise ConfigError("config.model.codebook_size must be at least 2")
     if model.dtype not in ("float32", "bfloat16"):
         raise ConfigError(f"config.model.dtype must be float32 or bfloat16, got {model.dtype!r}")
+
+
+def load_config_file(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
+    """Loads `path` (a configs/*.py file) and calls its `get_config(arg)`, as --config does."""
+    import importlib.util
+    import os
+
+    name = "phenaki_config_" + os.path.splitext(os.path.basename(path))[0]
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ConfigError(f"cannot load config file {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)
+
+
+def repo_config_path(name: str) -> str:
+    """configs/<name>.py of this checkout."""
+    import os
+
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                        "configs", f"{name}.py")

@@ -15,13 +15,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 def load_config(name: str, arg: str = "variant=tiny"):
     """Loads configs/<name>.py the way --config does."""
-    import importlib.util
+    from phenaki_jax import config_lib
 
-    spec = importlib.util.spec_from_file_location(f"cfg_{name}",
-                                                  os.path.join(ROOT, "configs", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
+    return config_lib.load_config_file(os.path.join(ROOT, "configs", f"{name}.py"), arg)
 
 
 def run_cli(module: str, *args: str, env: dict | None = None, timeout: float = 600,

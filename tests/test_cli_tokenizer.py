@@ -68,7 +68,7 @@ def test_tokenize_npy_roundtrip_and_causality(micro_workdir, tmp_path):
             f"--output={tmp_path / 'out.npy'}", f"--tokens={tmp_path / 'tok.npy'}", check=True)
     out, tok = np.load(tmp_path / "out.npy"), np.load(tmp_path / "tok.npy")
     assert out.shape == clips.shape and out.dtype == np.uint8
-    assert tok.shape == (2, 6, 8, 8) and tok.dtype == np.int32
+    assert tok.shape == (2, 6, 4, 4) and tok.dtype == np.int32
     np.save(tmp_path / "prefix.npy", clips[:, :5])
     run_cli("tokenize", f"--workdir={micro_workdir}", f"--input={tmp_path / 'prefix.npy'}",
             f"--output={tmp_path / 'pout.npy'}", f"--tokens={tmp_path / 'ptok.npy'}",
@@ -82,14 +82,14 @@ def test_tokenize_video_and_image_files(micro_workdir, tmp_path):
     run_cli("tokenize", f"--workdir={micro_workdir}", f"--input={tmp_path / 'clip.mp4'}",
             f"--output={tmp_path / 'v.npy'}", f"--tokens={tmp_path / 'vt.npy'}", check=True)
     assert np.load(tmp_path / "v.npy").shape == (1, 11, 32, 32, 3)
-    assert np.load(tmp_path / "vt.npy").shape == (1, 6, 8, 8)
+    assert np.load(tmp_path / "vt.npy").shape == (1, 6, 4, 4)
     from PIL import Image
 
     Image.fromarray(np.repeat(np.repeat(clip[0], 2, 0), 2, 1)).save(tmp_path / "im.png")
     run_cli("tokenize", f"--workdir={micro_workdir}", f"--input={tmp_path / 'im.png'}",
             f"--output={tmp_path / 'i.npy'}", f"--tokens={tmp_path / 'it.npy'}", check=True)
     assert np.load(tmp_path / "i.npy").shape == (1, 1, 32, 32, 3)
-    assert np.load(tmp_path / "it.npy").shape == (1, 1, 8, 8)
+    assert np.load(tmp_path / "it.npy").shape == (1, 1, 4, 4)
 
 
 def test_tokenize_bad_inputs_one_line(micro_workdir, tmp_path):

@@ -78,12 +78,13 @@ def test_gan_step_trains_both_players_with_perceptual_loss():
     c.warmup_steps = 0  # the first step must move the parameters
     c.discriminator.channels = 8
     c.batch_size = 2
+    c.data.num_frames = 3  # the smallest video: first frame + one tubelet
     c.model.width, c.model.mlp_dim = 32, 64
     trainer.validate(c, 1)
     stage = trainer.make_stage(c)
     state = nn.unbox(stage.init(jax.random.key(0)))
     rng = np.random.default_rng(0)
-    batch = {"frames": jnp.asarray(rng.integers(0, 256, (2, 11, 32, 32, 3), dtype=np.uint8)),
+    batch = {"frames": jnp.asarray(rng.integers(0, 256, (2, 3, 32, 32, 3), dtype=np.uint8)),
              "is_image": jnp.zeros((2,), jnp.int32)}
     new, metrics = jax.jit(stage.train_step)(state, batch)
     for k in ("g_loss", "d_loss", "perceptual", "loss"):
@@ -101,10 +102,11 @@ def test_discriminator_waits_for_its_start_step():
     c.loss.adversarial_start_step = 100
     c.discriminator.channels = 8
     c.batch_size = 2
+    c.data.num_frames = 3
     c.model.width, c.model.mlp_dim = 32, 64
     stage = trainer.make_stage(c)
     state = nn.unbox(stage.init(jax.random.key(0)))
-    batch = {"frames": jnp.zeros((2, 11, 32, 32, 3), jnp.uint8),
+    batch = {"frames": jnp.zeros((2, 3, 32, 32, 3), jnp.uint8),
              "is_image": jnp.zeros((2,), jnp.int32)}
     new, _ = jax.jit(stage.train_step)(state, batch)
     for a, b in zip(jax.tree.leaves(new.aux["disc_params"]),

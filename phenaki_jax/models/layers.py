@@ -45,10 +45,31 @@ class LayerNorm(nn.Module):
         return y.astype(self.dtype)
 
 
+def _attention_specs(ndim: int, axis: int) -> tuple[str, str, str]:
+    """einsum specs for attention along `axis` of a [..., L, ..., heads, head_dim] tensor.
+
+    Attending along an inner axis in place (rather than transposing the residual stream to put
+    it next to the batch) keeps every Dense, norm and residual in one layout; the transposes
+    XLA needs then touch only q, k, v. On CPU this made the factorized tokenizer ~2x faster.
+    """
+    letters = "abcefgijlmo"[: ndim - 1]  # the token dims of q (without heads and head_dim)
+    axis = axis % (ndim - 1)
+    q = "".join("q" if i == axis else c for i, c in enumerate(letters))
+    k = "".join("k" if i == axis else c for i, c in enumerate(letters))
+    others = "".join(c for i, c in enumerate(letters) if i != axis)
+    logits = f"{others}hqk"
+    return f"{q}hd,{k}hd->{logits}", f"{logits},{k}hd->{q}hd", logits
+
+
 class Attention(nn.Module):
-    """Multi-head attention. `mask` broadcasts to [B, heads, q_len, kv_len]; True = attend."""
+    """Multi-head attention along `axis` of x [..., L, ..., D] (default: the axis before D).
+
+    `mask` broadcasts to the logits [<other token dims>, heads, q_len, kv_len]; True = attend.
+    With `context`, x must be [B, Lq, D] and context [B, Lk, D'] (cross-attention).
+    """
 
     num_heads: int
+    axis: int = -2
     dtype: Dtype = jnp.float32
 
     @nn.compact
@@ -67,11 +88,13 @@ class Attention(nn.Module):
         q = proj("query", x) * (head_dim ** -0.5)
         k = proj("key", context)
         v = proj("value", context)
-        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32)
+        logits_spec, out_spec, _ = _attention_specs(x.ndim, self.axis if self.axis >= 0
+                                                    else x.ndim + self.axis)
+        logits = jnp.einsum(logits_spec, q, k).astype(jnp.float32)
         if mask is not None:
             logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
         weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
-        out = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+        out = jnp.einsum(out_spec, weights, v)
         return nn.DenseGeneral(
             width, axis=(-2, -1), dtype=self.dtype, name="out", use_bias=False,
             kernel_init=nn.with_logical_partitioning(_dense_init, ("heads", "kv", "embed")),
@@ -89,7 +112,7 @@ class Mlp(nn.Module):
                      kernel_init=nn.with_logical_partitioning(_dense_init, ("embed", "mlp")),
                      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("mlp",)))(x)
         h = nn.gelu(h)
-        h = nn.with_logical_constraint(h, ("batch", "length", "mlp"))
+        h = nn.with_logical_constraint(h, (*_activation_axes(h.ndim)[:-1], "mlp"))
         return nn.Dense(width, dtype=self.dtype, name="wo",
                         kernel_init=nn.with_logical_partitioning(_dense_init, ("mlp", "embed")),
                         bias_init=nn.with_logical_partitioning(nn.initializers.zeros,
@@ -102,21 +125,32 @@ class Block(nn.Module):
     num_heads: int
     mlp_dim: int
     cross_attention: bool = False
+    axis: int = -2
     dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: Array, mask: Array | None = None, context: Array | None = None,
                  context_mask: Array | None = None) -> Array:
-        x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+        names = _activation_axes(x.ndim)
+        x = nn.with_logical_constraint(x, names)
         h = LayerNorm(self.dtype, name="ln_attn")(x)
-        x = x + Attention(self.num_heads, self.dtype, name="attn")(h, mask=mask)
+        x = x + Attention(self.num_heads, self.axis, self.dtype, name="attn")(h, mask=mask)
         if self.cross_attention:
             h = LayerNorm(self.dtype, name="ln_cross")(x)
-            x = x + Attention(self.num_heads, self.dtype, name="cross")(
+            x = x + Attention(self.num_heads, dtype=self.dtype, name="cross")(
                 h, context=context, mask=context_mask)
         h = LayerNorm(self.dtype, name="ln_mlp")(x)
         x = x + Mlp(self.mlp_dim, self.dtype, name="mlp")(h)
-        return nn.with_logical_constraint(x, ("batch", "length", "embed"))
+        return nn.with_logical_constraint(x, names)
+
+
+def _activation_axes(ndim: int) -> tuple[str, ...]:
+    """Logical names of a residual stream [B, L, D] or a factorized [B, T, S, D]."""
+    if ndim == 3:
+        return ("batch", "length", "embed")
+    if ndim == 4:
+        return ("batch", "time", "length", "embed")
+    raise ValueError(f"residual streams are [B, L, D] or [B, T, S, D], got rank {ndim}")
 
 
 class Transformer(nn.Module):
@@ -127,6 +161,7 @@ class Transformer(nn.Module):
     mlp_dim: int
     cross_attention: bool = False
     remat: bool = False
+    axis: int = -2
     dtype: Dtype = jnp.float32
 
     @nn.compact
@@ -134,8 +169,8 @@ class Transformer(nn.Module):
                  context_mask: Array | None = None) -> Array:
         block = nn.remat(Block) if self.remat else Block
         for i in range(self.num_layers):
-            x = block(self.num_heads, self.mlp_dim, self.cross_attention, self.dtype,
-                      name=f"block_{i}")(x, mask, context, context_mask)
+            x = block(self.num_heads, self.mlp_dim, self.cross_attention, self.axis,
+                      self.dtype, name=f"block_{i}")(x, mask, context, context_mask)
         return x
 
 

@@ -95,9 +95,15 @@ def restart_dead_codes(codebook: Array, usage: Array, candidates: Array, errors:
     not restarted again before they had a chance) and the number of restarted codes.
     """
     k = codebook.shape[0]
+    n = candidates.shape[0]
     dead = usage < threshold / k
-    logits = jnp.log(jnp.maximum(errors, 1e-12))
-    picks = jax.random.categorical(rng, logits, shape=(k,))
+    # Gumbel top-k: distinct candidates, each kept with probability growing with its error.
+    # (Independent draws pile many dead codes onto the same few tokens; all but one of those
+    # die again.) The r-th dead code takes the r-th ranked candidate.
+    scores = jnp.log(jnp.maximum(errors, 1e-12)) + jax.random.gumbel(rng, (n,))
+    ranked = jnp.argsort(-scores)
+    rank_of_code = jnp.cumsum(dead) - 1
+    picks = ranked[jnp.clip(rank_of_code, 0, None) % n]
     noise = 0.01 * jax.random.normal(jax.random.fold_in(rng, 1), codebook.shape)
     fresh = l2_normalize(candidates[picks] + noise)
     # Keep the stored scale of the codebook: only directions matter after normalisation.

@@ -161,6 +161,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     Returns a summary dict: `status` ("completed" or "preempted"), `step`, last metrics.
     """
     validate(config, jax.device_count())
+    pipeline.get_provider(config.data.name)  # an unknown data set fails before any file is made
     os.makedirs(workdir, exist_ok=True)
     mesh = sharding.make_mesh(config)
     stage = make_stage(config)
