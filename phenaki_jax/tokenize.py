@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 from absl import flags
@@ -64,28 +63,6 @@ def load_clips(path: str, resolution: int, max_frames: int) -> tuple[np.ndarray,
     raise cli.UsageError(f"--input {path}: unknown file type '{ext}' (.npy, a video or an image)")
 
 
-def tokenize_and_reconstruct(stage: Any, state: Any, clips: np.ndarray,
-                             chunk: int = 16) -> tuple[np.ndarray, np.ndarray]:
-    """clips uint8 [B, T, H, W, 3] -> (reconstruction uint8 same shape, ids int32 [B,t,h,w])."""
-    import jax
-
-    from phenaki_jax.models.cvivit import float_to_frames, frames_to_float
-
-    variables = {"params": stage.inference_params(state), **state.model_state}
-
-    @jax.jit
-    def run(v: Any, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-        out = stage.model.apply(v, frames_to_float(x))
-        return float_to_frames(out["recon"]), out["ids"]
-
-    recons, ids = [], []
-    for i in range(0, clips.shape[0], chunk):
-        r, t = jax.device_get(run(variables, clips[i:i + chunk]))
-        recons.append(np.asarray(r))
-        ids.append(np.asarray(t, np.int32))
-    return np.concatenate(recons), np.concatenate(ids)
-
-
 def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise cli.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -97,6 +74,7 @@ def main(argv: Sequence[str]) -> None:
     if _TOKENS.value and not _TOKENS.value.endswith(".npy"):
         raise cli.UsageError(f"--tokens must be a .npy path, got {_TOKENS.value}")
     from phenaki_jax.data import video
+    from phenaki_jax.sample.tokenizer import tokenize_and_reconstruct
     from phenaki_jax.train import trainer
 
     config, stage, state = trainer.restore_for_inference(_WORKDIR.value, expected_stage="cvivit")

@@ -1,0 +1,1 @@
+"""Inference with trained checkpoints: tokenizing, decoding, stories."""
