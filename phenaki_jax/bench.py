@@ -70,6 +70,9 @@ def benchmark(config: Any, steps: int = 5, abstract: bool = False,
 
     trainer.validate(config, None if abstract else jax.device_count())
     stage = trainer.make_stage(config)
+    if sample and not hasattr(stage, "bench_sample"):
+        raise cli.UsageError(f"--sample times the sampler of a transformer config; this config "
+                             f"trains the {config.stage!r} stage")
     out: dict[str, Any] = {"variant": config.variant, "stage": config.stage}
     boxed = jax.eval_shape(stage.init, jax.random.key(0))
     out["params"] = count_params(nn.unbox(boxed).params)
@@ -109,8 +112,6 @@ def benchmark(config: Any, steps: int = 5, abstract: bool = False,
         out["flops_per_step"] = flops
         out["achieved_flops_per_s"] = flops / step_s
         if sample:
-            if not hasattr(stage, "bench_sample"):
-                raise cli.UsageError("--sample needs a transformer config (configs/maskgit.py)")
             out.update(stage.bench_sample(state, mesh, steps))
     peak = matmul_peak_flops()
     out["matmul_peak_flops_per_s"] = peak

@@ -82,3 +82,13 @@ def test_unknown_config_argument_and_variant():
         load_config("cvivit", "variant=huge")
     with pytest.raises(config_lib.ConfigError, match="'colour'"):
         load_config("cvivit", "variant=tiny,colour=red")
+
+
+def test_unknown_or_unavailable_stage_is_refused():
+    c = load_config("cvivit")
+    c.stage = "maskgit"
+    with pytest.raises(config_lib.ConfigError, match="config.stage"):
+        trainer.validate(c, num_devices=1)
+    c.stage = "gan"
+    with pytest.raises(config_lib.ConfigError, match="config.stage"):
+        trainer.validate(c, num_devices=1)

@@ -37,24 +37,19 @@ def make_stage(config: ml_collections.ConfigDict):  # noqa: ANN201 - a stage obj
         from phenaki_jax.train.cvivit_stage import CViViTStage
 
         return CViViTStage(config)
-    if config.stage == "maskgit":
-        from phenaki_jax.train.maskgit_stage import MaskGITStage
-
-        return MaskGITStage(config)
-    raise config_lib.ConfigError(f"config.stage must be one of {config_lib.STAGES}")
+    raise config_lib.ConfigError(f"config.stage={config.stage!r} cannot be trained by this "
+                                 "version (it trains the 'cvivit' tokenizer)")
 
 
 def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
     """Every check that needs no compilation: config fields, mesh, stage specifics."""
     config_lib.validate_common(config, num_devices)
-    if config.stage == "cvivit":
-        from phenaki_jax.train import cvivit_stage
+    if config.stage != "cvivit":
+        raise config_lib.ConfigError(f"config.stage={config.stage!r} cannot be trained by this "
+                                     "version (it trains the 'cvivit' tokenizer)")
+    from phenaki_jax.train import cvivit_stage
 
-        cvivit_stage.validate(config)
-    else:
-        from phenaki_jax.train import maskgit_stage
-
-        maskgit_stage.validate(config)
+    cvivit_stage.validate(config)
 
 
 def _first_difference(a: Any, b: Any, prefix: str) -> str | None:
