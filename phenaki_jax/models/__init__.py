@@ -1,0 +1,1 @@
+"""Flax modules: transformer layers, C-ViViT, quantizer, discriminator, LPIPS."""
