@@ -85,11 +85,7 @@ def benchmark(config: Any, steps: int = 5, abstract: bool = False,
     with sharding.axis_rules(), mesh:
         init, _, state_shardings = trainer.create_state(stage, mesh, jax.random.key(0))
         state = init(jax.random.key(config.seed))
-        batch_shardings = {k: sharding.logical_sharding(mesh, v)
-                           for k, v in stage.batch_axes.items()}
-        step_fn = jax.jit(stage.train_step, in_shardings=(state_shardings, batch_shardings),
-                          out_shardings=(state_shardings, sharding.replicated(mesh)),
-                          donate_argnums=(0,))
+        step_fn, _ = trainer.jit_train_step(stage, mesh, state_shardings)
         rng = np.random.default_rng(0)
         batch = sharding.global_batch(mesh, random_batch(stage, rng))
         t0 = time.perf_counter()

@@ -29,9 +29,7 @@ rng = np.random.default_rng(0)
 with sharding.axis_rules(), mesh:
     init, abstract, shardings = trainer.create_state(stage, mesh, jax.random.key(0))
     state = init(jax.random.key(0))
-    bsh = {{k: sharding.logical_sharding(mesh, v) for k, v in stage.batch_axes.items()}}
-    step = jax.jit(stage.train_step, in_shardings=(shardings, bsh),
-                   out_shardings=(shardings, sharding.replicated(mesh)))
+    step, _ = trainer.jit_train_step(stage, mesh, shardings)
     losses = []
     for i in range(3):
         frames = rng.integers(0, 256, (8, 11, 32, 32, 3), dtype=np.uint8)

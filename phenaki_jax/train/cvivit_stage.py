@@ -202,15 +202,22 @@ class CViViTStage:
         c = self.config
         codebook = params["quantizer"]["codebook"]
         usage = model_state["vq_stats"]["quantizer"]["usage"]
-        new_cb, new_usage, n = quantizers.restart_dead_codes(
-            codebook, usage, z.reshape(-1, z.shape[-1]), errors.reshape(-1),
-            jax.random.fold_in(rng, 3),
-            c.quantizer.dead_threshold)
+
+        def restart(_: None) -> tuple[Array, Array, Array]:
+            cb, u, n = quantizers.restart_dead_codes(
+                codebook, usage, z.reshape(-1, z.shape[-1]), errors.reshape(-1),
+                jax.random.fold_in(rng, 3), c.quantizer.dead_threshold)
+            return cb, u, n.astype(jnp.float32)
+
+        def keep(_: None) -> tuple[Array, Array, Array]:
+            return codebook, usage, jnp.zeros((), jnp.float32)
+
+        # A cond, not a select: the ranking of all batch tokens runs on restart steps only.
         do = ((step + 1) % c.quantizer.restart_every_steps) == 0
-        params = {**params, "quantizer": {**params["quantizer"],
-                                          "codebook": jnp.where(do, new_cb, codebook)}}
-        model_state = {"vq_stats": {"quantizer": {"usage": jnp.where(do, new_usage, usage)}}}
-        return params, model_state, jnp.where(do, n, 0).astype(jnp.float32)
+        new_cb, new_usage, n = jax.lax.cond(do, restart, keep, None)
+        params = {**params, "quantizer": {**params["quantizer"], "codebook": new_cb}}
+        model_state = {"vq_stats": {"quantizer": {"usage": new_usage}}}
+        return params, model_state, n
 
     def _disc_update(self, aux: dict[str, Any], real: Array, fake: Array, adv_on: Array
                      ) -> tuple[dict[str, Any], dict[str, Array]]:

@@ -150,6 +150,18 @@ def create_state(stage: Any, mesh: jax.sharding.Mesh, rng: jax.Array
     return init, abstract, state_shardings
 
 
+def jit_train_step(stage: Any, mesh: jax.sharding.Mesh, state_shardings: Any
+                   ) -> tuple[Any, dict[str, Any]]:
+    """The stage's train step jitted with explicit shardings (state donated), and the batch
+    shardings it expects; the trainer, phenaki-bench and the mesh tests all use this one."""
+    batch_shardings = {k: sharding.logical_sharding(mesh, v)
+                       for k, v in stage.batch_axes.items()}
+    step = jax.jit(stage.train_step, in_shardings=(state_shardings, batch_shardings),
+                   out_shardings=(state_shardings, sharding.replicated(mesh)),
+                   donate_argnums=(0,))
+    return step, batch_shardings
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Trains `config.stage` into `workdir`, resuming from its newest complete checkpoint.
 
@@ -187,12 +199,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             with open(os.path.join(workdir, "config.json"), "w") as f:
                 f.write(config.to_json_best_effort(indent=2))
 
-        batch_shardings = {k: sharding.logical_sharding(mesh, v)
-                           for k, v in stage.batch_axes.items()}
-        train_step = jax.jit(stage.train_step,
-                             in_shardings=(state_shardings, batch_shardings),
-                             out_shardings=(state_shardings, sharding.replicated(mesh)),
-                             donate_argnums=(0,))
+        train_step, batch_shardings = jit_train_step(stage, mesh, state_shardings)
+        summary_images = jax.jit(stage.summary_images)  # compiled once, not per evaluation
         eval_step = jax.jit(stage.eval_step, in_shardings=(state_shardings, batch_shardings),
                             out_shardings=sharding.replicated(mesh))
         writers = _Writers(workdir)
@@ -218,8 +226,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                     sums[k] = sums.get(k, 0) + np.asarray(v, np.float64)
             results = stage.finish_eval(sums)
             writers.scalars(step, results)
-            if first is not None and hasattr(stage, "summary_images"):
-                images = np.asarray(jax.device_get(jax.jit(stage.summary_images)(state, first)))
+            if first is not None:
+                images = np.asarray(jax.device_get(summary_images(state, first)))
                 writers.images(step, "reconstructions", images[:4])
             logging.info("eval at step %d: %s", step,
                          ", ".join(f"{k}={v:.4g}" for k, v in results.items()))
@@ -270,6 +278,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                     logging.warning("preempted: checkpoint of step %d is durable; exiting", step)
                     summary.update(status="preempted", step=step)
                     checkpointer.close()
+                    writers.close()
                     return summary
         if step not in checkpointer.steps():
             save(step, force=True)
@@ -278,6 +287,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         summary["step"] = step
         summary["train_time_s"] = time.time() - run_start
         checkpointer.close()
+        writers.close()
         return summary
 
 
