@@ -40,6 +40,10 @@ setup(
             "phenaki-train=phenaki_jax.train.main:run",
             "phenaki-tokenize=phenaki_jax.tokenize:run",
             "phenaki-bench=phenaki_jax.bench:run",
+            "phenaki-embed=phenaki_jax.embed:run",
+            "phenaki-story=phenaki_jax.story:run",
+            "phenaki-eval=phenaki_jax.evaluate:run",
+            "phenaki-demo=phenaki_jax.demo:run",
         ]
     },
 )

@@ -68,8 +68,8 @@ def benchmark(config: Any, steps: int = 5, abstract: bool = False,
     from phenaki_jax import sharding
     from phenaki_jax.train import trainer
 
-    trainer.validate(config, None if abstract else jax.device_count())
-    stage = trainer.make_stage(config)
+    trainer.validate(config, None if abstract else jax.device_count(), purpose="bench")
+    stage = trainer.make_stage(config, purpose="bench")
     if sample and not hasattr(stage, "bench_sample"):
         raise cli.UsageError(f"--sample times the sampler of a transformer config; this config "
                              f"trains the {config.stage!r} stage")

@@ -33,6 +33,27 @@ def get_provider(name: str):  # noqa: ANN201 - a seqio Task or Mixture
         ) from e
 
 
+def data_name(config: ml_collections.ConfigDict) -> str:
+    """The seqio name to read. `shapes_world_{R}` with `data.image_fraction` /
+    `data.continuation_fraction` fields names the shapes-world mixture at those rates (the
+    transformer's images-to-videos ratio is a config field); any other name is used as is."""
+    name = config.data.name
+    if "image_fraction" not in config.data or name != f"shapes_world_{config.data.resolution}":
+        return name
+    from phenaki_jax.data import shapes_world as sw
+    from phenaki_jax.data import tasks
+
+    i, c = config.data.image_fraction, config.data.continuation_fraction
+    if (i, c) == (sw.DEFAULT_IMAGE_FRACTION, sw.DEFAULT_CONTINUATION_FRACTION):
+        return name
+    try:
+        return tasks.register_shapes_world_mixture(f"{name}_images{i:g}_continuations{c:g}",
+                                                   config.data.resolution, i, c)
+    except ValueError as e:
+        raise config_lib.ConfigError(f"config.data.image_fraction/continuation_fraction: {e}"
+                                     ) from e
+
+
 def host_batches(
     config: ml_collections.ConfigDict,
     split: str,
@@ -54,7 +75,7 @@ def host_batches(
         raise config_lib.ConfigError(
             f"config.batch_size={global_batch} is not divisible by the {count} hosts"
         )
-    provider = get_provider(config.data.name)
+    provider = get_provider(data_name(config))
     ds = provider.get_dataset(
         sequence_length=None,
         split=split,
@@ -73,7 +94,7 @@ def host_batches(
         frames = raw["frames"]
         if frames.shape[1:] != want:
             raise config_lib.ConfigError(
-                f"config.data.name='{config.data.name}' yields frames of shape "
+                f"config.data.name='{data_name(config)}' yields frames of shape "
                 f"{frames.shape[1:]}, but config.data.num_frames/resolution ask for {want}"
             )
         yield {"frames": frames, "is_image": raw["is_image"].astype(np.int32), "text": raw["text"]}

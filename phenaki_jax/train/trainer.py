@@ -32,24 +32,36 @@ class TrainingError(RuntimeError):
     """The run cannot continue (divergence); the message is one line naming step and cause."""
 
 
-def make_stage(config: ml_collections.ConfigDict):  # noqa: ANN201 - a stage object
+def make_stage(config: ml_collections.ConfigDict, purpose: str = "train"):  # noqa: ANN201
+    """The stage object `config.stage` names ("cvivit" or "maskgit").
+
+    `purpose` matters to the transformer only: "train" reads its tokenizer checkpoint,
+    "bench" needs none, "inference" builds the state's structure for the story decoder.
+    """
     if config.stage == "cvivit":
         from phenaki_jax.train.cvivit_stage import CViViTStage
 
         return CViViTStage(config)
-    raise config_lib.ConfigError(f"config.stage={config.stage!r} cannot be trained by this "
-                                 "version (it trains the 'cvivit' tokenizer)")
+    if config.stage == "maskgit":
+        from phenaki_jax.train.maskgit_stage import MaskGITStage
+
+        return MaskGITStage(config, purpose)
+    raise config_lib.ConfigError(f"config.stage must be one of {config_lib.STAGES}, "
+                                 f"got {config.stage!r}")
 
 
-def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
+def validate(config: ml_collections.ConfigDict, num_devices: int | None = None,
+             purpose: str = "train") -> None:
     """Every check that needs no compilation: config fields, mesh, stage specifics."""
     config_lib.validate_common(config, num_devices)
-    if config.stage != "cvivit":
-        raise config_lib.ConfigError(f"config.stage={config.stage!r} cannot be trained by this "
-                                     "version (it trains the 'cvivit' tokenizer)")
-    from phenaki_jax.train import cvivit_stage
+    if config.stage == "cvivit":
+        from phenaki_jax.train import cvivit_stage
 
-    cvivit_stage.validate(config)
+        cvivit_stage.validate(config)
+    else:
+        from phenaki_jax.train import maskgit_stage
+
+        maskgit_stage.validate(config, purpose)
 
 
 def _first_difference(a: Any, b: Any, prefix: str) -> str | None:
@@ -168,7 +180,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     Returns a summary dict: `status` ("completed" or "preempted"), `step`, last metrics.
     """
     validate(config, jax.device_count())
-    pipeline.get_provider(config.data.name)  # an unknown data set fails before any file is made
+    pipeline.get_provider(pipeline.data_name(config))  # an unknown data set fails first
     os.makedirs(workdir, exist_ok=True)
     mesh = sharding.make_mesh(config)
     stage = make_stage(config)
@@ -189,6 +201,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         restored = checkpointer.restore_latest(abstract)
         if restored is None:
             state = init(jax.random.key(config.seed))
+            if hasattr(stage, "prepare_new_state"):  # frozen parts: the tokenizer, T5
+                state = stage.prepare_new_state(state, mesh, state_shardings)
             start = 0
             logging.info("initialised a new %s run in %s", config.stage, workdir)
         else:
@@ -207,6 +221,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         summary: dict[str, Any] = {"status": "completed", "step": int(state.step)}
 
         def to_device(host: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+            if hasattr(stage, "host_batch"):
+                host = stage.host_batch(host)
             return sharding.global_batch(mesh, {k: host[k] for k in stage.batch_axes})
 
         def save(step: int, force: bool = False) -> None:
@@ -260,9 +276,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                     values["examples_per_s"] = config.batch_size / dt if dt > 0 else 0.0
                     writers.scalars(step, values)
                     rate = (step - last_log_step) / max(now - last_log_time, 1e-9)
+                    extra = "".join(f" {k}={values[k]:.3f}" for k in ("psnr", "accuracy")
+                                    if k in values)
                     logging.info("step %d/%d loss=%.4g%s | %.2f steps/s %.1f ex/s | ETA %s",
-                                 step, total, values["loss"],
-                                 f" psnr={values['psnr']:.2f}" if "psnr" in values else "",
+                                 step, total, values["loss"], extra,
                                  rate, values["examples_per_s"],
                                  _fmt_duration((total - step) / max(rate, 1e-9)))
                     last_log_time, last_log_step = now, step
@@ -292,16 +309,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
 
 def restore_for_inference(workdir: str, mesh: jax.sharding.Mesh | None = None,
-                          expected_stage: str | None = None) -> tuple[Any, Any, Any]:
+                          expected_stage: str | None = None,
+                          tokenizer: ml_collections.ConfigDict | None = None
+                          ) -> tuple[Any, Any, Any]:
     """Loads (config, stage, state) from the newest complete checkpoint in `workdir` onto
-    this machine's mesh (whatever mesh the run was trained on)."""
+    this machine's mesh (whatever mesh the run was trained on). For a transformer,
+    `tokenizer` is the config of the tokenizer to pair it with (default: the one it names)."""
     checkpointer = ckpt_lib.Checkpointer(workdir, read_only=True)
     _, config = checkpointer.latest_config()
     if expected_stage and config.get("stage") != expected_stage:
         raise ckpt_lib.CheckpointError(
             f"{workdir} holds a '{config.get('stage')}' checkpoint, expected '{expected_stage}'")
     config.mesh = ml_collections.ConfigDict({"data": -1, "model": 1})
-    stage = make_stage(config)
+    if config.stage == "maskgit":
+        from phenaki_jax.train.maskgit_stage import MaskGITStage
+
+        stage = MaskGITStage(config, "inference", tokenizer=tokenizer)
+    else:
+        stage = make_stage(config, "inference")
     mesh = mesh or sharding.make_mesh(config)
     with sharding.axis_rules(), mesh:
         _, abstract, _ = create_state(stage, mesh, jax.random.key(0))

@@ -1,0 +1,102 @@
+"""Masked video transformer (stage 2): `--config=configs/maskgit.py:variant=tiny`.
+
+Trains a bidirectional MaskGIT transformer over the token grid of a frozen C-ViViT tokenizer
+(`--config.tokenizer_workdir=DIR`), conditioned on text by cross-attention, jointly on images
+and videos. Variants: tiny (CPU, minutes, the shapes world at 32 px with a small text encoder
+trained from scratch), small, base, paper (24 layers, width 2048, 32 heads, MLP 8192, frozen
+T5 v1.1 XXL embeddings of width 4096: about 1.8B parameters over 6x16x16 tokens).
+Arguments: `variant=...`, `runlocal` (a few steps at batch 2, to check a large variant).
+"""
+
+import ml_collections
+
+from phenaki_jax import config_lib
+
+# width, layers, heads, mlp, grid, vocab, resolution, batch, steps, lr, text encoder
+_SIZES = {
+    # tiny: the tiny tokenizer's 6x4x4 grid over a 1024-code book, and a byte-level text
+    # encoder trained with the transformer (no pretrained T5 can be downloaded here).
+    "tiny": dict(width=256, num_layers=4, num_heads=4, mlp_dim=1024, grid=(6, 4, 4),
+                 vocab_size=1024, resolution=32, batch_size=16, total_steps=2500,
+                 learning_rate=1e-3, encoder="trainable", text_length=32, text_dim=128),
+    "small": dict(width=512, num_layers=8, num_heads=8, mlp_dim=2048, grid=(6, 8, 8),
+                  vocab_size=4096, resolution=64, batch_size=64, total_steps=100_000,
+                  learning_rate=3e-4, encoder="t5", text_length=64, text_dim=768),
+    "base": dict(width=1024, num_layers=16, num_heads=16, mlp_dim=4096, grid=(6, 16, 16),
+                 vocab_size=8192, resolution=128, batch_size=256, total_steps=300_000,
+                 learning_rate=2e-4, encoder="t5", text_length=64, text_dim=1024),
+    "paper": dict(width=2048, num_layers=24, num_heads=32, mlp_dim=8192, grid=(6, 16, 16),
+                  vocab_size=8192, resolution=128, batch_size=512, total_steps=1_000_000,
+                  learning_rate=1e-4, encoder="t5", text_length=64, text_dim=4096),
+}
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    args = config_lib.parse_arg(arg, variant="tiny", runlocal=False)
+    size = _SIZES.get(args.variant)
+    c = config_lib.common_config("maskgit", args.variant)
+    if size is None:  # common_config has already rejected it
+        return c
+    tiny = args.variant == "tiny"
+    c.batch_size = size["batch_size"]
+    c.total_steps = size["total_steps"]
+    c.learning_rate = size["learning_rate"]
+    c.warmup_steps = min(5000, size["total_steps"] // 20)
+    c.weight_decay = 0.01
+    c.adam_b2 = 0.99
+    c.eval_every_steps = 0 if tiny else 5000
+    c.checkpoint_every_steps = min(5000, max(100, size["total_steps"] // 5))
+    c.log_every_steps = 100
+    c.eval_batches = 8
+    # The frozen C-ViViT whose token ids this transformer learns; its codebook size and token
+    # grid must equal `tokens.vocab_size` and `tokens.grid` (checked when it is read).
+    c.tokenizer_workdir = ""
+
+    c.data.resolution = size["resolution"]
+    # `shapes_world_{R}` is re-weighted by the two fractions below (the paper: 80% video).
+    c.data.name = f"shapes_world_{size['resolution']}"
+    c.data.image_fraction = 0.2
+    c.data.continuation_fraction = 0.25
+
+    c.model = ml_collections.ConfigDict()
+    for k in ("width", "num_layers", "num_heads", "mlp_dim"):
+        c.model[k] = size[k]
+    c.model.dtype = "float32" if tiny else "bfloat16"
+    c.model.remat = args.variant in ("base", "paper")
+
+    c.tokens = ml_collections.ConfigDict()
+    c.tokens.grid = size["grid"]
+    c.tokens.vocab_size = size["vocab_size"]
+
+    c.text = ml_collections.ConfigDict()
+    c.text.encoder = size["encoder"]  # "trainable" (from scratch, bytes) or "t5" (frozen)
+    c.text.max_length = size["text_length"]
+    c.text.embed_dim = size["text_dim"]
+    c.text.dropout = 0.1  # text dropped this often, for classifier-free guidance
+    # t5: a Hugging Face or T5X checkpoint directory (and, for T5X, its sentencepiece model);
+    # `cache` optionally names a phenaki-embed .npz whose embeddings training looks up by text.
+    c.text.checkpoint = ""
+    c.text.vocabulary = ""
+    c.text.cache = ""
+    # trainable: the T5 v1.1 architecture, small; its width is text.embed_dim.
+    c.text.num_layers = 2
+    c.text.num_heads = 4
+    c.text.mlp_dim = 4 * size["text_dim"]
+
+    c.masking = ml_collections.ConfigDict()
+    # Story mode in training: this fraction of video examples keep their first j token frames
+    # (j uniform in 1..t-1) unmasked, as known tokens, exactly as the story decoder sets them.
+    c.masking.prefix_fraction = 0.3
+
+    c.sampling = ml_collections.ConfigDict()
+    c.sampling.num_steps = 12
+    c.sampling.guidance_scale = 3.0 if tiny else 4.0
+    c.sampling.temperature = 1.0
+
+    if args.runlocal:
+        c.batch_size = 2
+        c.total_steps = 10
+        c.warmup_steps = 2
+        c.log_every_steps = 1
+        c.checkpoint_every_steps = 5
+    return c

@@ -1,0 +1,97 @@
+"""MaskGIT parallel decoding, the whole schedule inside one compiled `lax.fori_loop`.
+
+Every step predicts all masked tokens at once, keeps the most confident ones and re-masks the
+rest, so that after step s a fraction cos(pi/2 * (s + 1) / S) of the unknown tokens is still
+masked (none after the last step). Known tokens (the re-encoded frames of a story, or the image
+of image-to-video) are never changed. Classifier-free guidance runs the conditional and the
+unconditional pass as one batch of 2B; `guidance_scale` and `temperature` are traced values, so
+changing them does not recompile: one compilation per (batch, grid, num_steps).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+# logits_fn(ids [B', N] with mask ids, drop_text bool [B']) -> logits [B', N, V]
+LogitsFn = Callable[[Array, Array], Array]
+
+
+def mask_ratio(fraction: Array | float) -> Array:
+    """The cosine schedule: the share of unknown tokens still masked at `fraction` of the way."""
+    return jnp.cos(0.5 * math.pi * jnp.asarray(fraction, jnp.float32))
+
+
+def guided_logits(cond: Array, uncond: Array, guidance_scale: Array | float) -> Array:
+    """cond + s (cond - uncond): s = 0 is exactly the conditional model."""
+    return cond + guidance_scale * (cond - uncond)
+
+
+def parallel_decode(logits_fn: LogitsFn, known_ids: Array, known: Array, rng: Array,
+                    num_steps: int, guidance_scale: Array | float, temperature: Array | float,
+                    mask_id: int) -> Array:
+    """Fills every unknown token.
+
+    Args:
+      logits_fn: the transformer with its parameters and text bound (see `LogitsFn`); it gets
+        the conditional batch followed by the same tokens with the text dropped.
+      known_ids: int32 [B, N], the fixed tokens (any value where `known` is False).
+      known: bool [B, N], True where a token is given and must stay.
+      rng: a PRNG key, or one key per example [B] (then an example's tokens depend on its own
+        key only, not on what else is in the batch).
+      num_steps: decoding steps S (static).
+      guidance_scale: classifier-free guidance scale (0: conditional model only).
+      temperature: sampling temperature; it also scales the Gumbel noise added to the
+        confidences, annealed linearly to 0 over the steps (0: greedy, no noise).
+      mask_id: the mask token id (= vocabulary size).
+
+    Returns:
+      int32 [B, N]: `known_ids` where `known`, sampled tokens elsewhere.
+    """
+    b, n = known_ids.shape
+    known = known.astype(bool)
+    tokens0 = jnp.where(known, known_ids, mask_id).astype(jnp.int32)
+    num_unknown = jnp.sum(~known, axis=1)  # [B]
+    drop = jnp.concatenate([jnp.zeros((b,), bool), jnp.ones((b,), bool)])
+    temperature = jnp.asarray(temperature, jnp.float32)
+    keys = jax.random.split(rng, b) if rng.ndim == 0 else rng
+
+    def draws(s: Array, shape: tuple[int, ...]) -> tuple[Array, Array]:
+        def one(key: Array) -> tuple[Array, Array]:
+            k1, k2 = jax.random.split(jax.random.fold_in(key, s))
+            return jax.random.gumbel(k1, shape), jax.random.gumbel(k2, shape[:1])
+
+        return jax.vmap(one)(keys)
+
+    def step(s: Array, tokens: Array) -> Array:
+        logits = logits_fn(jnp.concatenate([tokens, tokens]), drop).astype(jnp.float32)
+        logits = guided_logits(logits[:b], logits[b:], guidance_scale)  # [B, N, V]
+        gumbel, noise = draws(s, logits.shape[1:])
+        # argmax(l / T + g) == argmax(l + T g): a categorical sample at temperature T, greedy
+        # at T = 0, without dividing by zero.
+        sampled = jnp.argmax(logits + temperature * gumbel, axis=-1).astype(jnp.int32)
+        log_probs = jax.nn.log_softmax(logits, axis=-1)
+        confidence = jnp.take_along_axis(log_probs, sampled[..., None], -1)[..., 0]
+        anneal = 1.0 - (s + 1.0) / num_steps
+        confidence = confidence + temperature * anneal * noise
+
+        masked = tokens == mask_id
+        confidence = jnp.where(masked, confidence, jnp.inf)
+        filled = jnp.where(masked, sampled, tokens)
+        # How many stay masked after this step; at least one token is decided per step.
+        # (+1e-4: cos(pi/3) is 0.49999997 in float32, and 86 * 0.5 must floor to 43, not 42.)
+        still = jnp.floor(num_unknown * mask_ratio((s + 1.0) / num_steps) + 1e-4
+                          ).astype(jnp.int32)
+        current = jnp.sum(masked, axis=1)
+        still = jnp.clip(still, 0, jnp.maximum(current - 1, 0))
+        order = jnp.sort(confidence, axis=1)
+        cutoff = jnp.take_along_axis(order, still[:, None], axis=1)  # the (still)-th smallest
+        remask = masked & (confidence < cutoff)
+        return jnp.where(remask, mask_id, filled)
+
+    tokens = jax.lax.fori_loop(0, num_steps, step, tokens0)
+    return jnp.where(known, known_ids, tokens).astype(jnp.int32)

@@ -1,0 +1,595 @@
+"""Stage 2: the masked video transformer's state, train step, evaluation and sampling.
+
+One train step: the frozen C-ViViT (a copy of the tokenizer checkpoint kept in the state, so a
+resumed run never depends on what later happens to the tokenizer's workdir) turns frames into
+token ids; the text is encoded (a small T5 trained with the transformer, or a frozen T5, or a
+precomputed phenaki-embed cache); MaskGIT masking with the cosine schedule masks tokens, the
+text is dropped 10% of the time, and cross-entropy is taken on the masked tokens only. Image
+examples are one-frame videos: only their first token frame exists (the rest is neither
+attended to nor scored).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+
+from phenaki_jax import config_lib
+from phenaki_jax.models import text as text_lib
+from phenaki_jax.models.maskgit import MaskGIT
+from phenaki_jax.sample import decode
+from phenaki_jax.train import checkpoint as ckpt_lib
+from phenaki_jax.train import state as state_lib
+
+Array = jax.Array
+PURPOSES = ("train", "bench", "inference")
+_EVAL_SEED = 0x5EED
+
+
+def _positive_int(config: ml_collections.ConfigDict, field: str) -> None:
+    node: Any = config
+    for part in field.split("."):
+        node = node[part]
+    if not isinstance(node, int) or isinstance(node, bool) or node <= 0:
+        raise config_lib.ConfigError(f"config.{field} must be a positive integer, got {node!r}")
+
+
+def tokenizer_config(workdir: str) -> ml_collections.ConfigDict:
+    """The config stored with the newest checkpoint of a tokenizer run (one-line errors)."""
+    if not workdir:
+        raise config_lib.ConfigError(
+            "config.tokenizer_workdir is empty; set it to the workdir of a trained C-ViViT "
+            "(--config.tokenizer_workdir=DIR)")
+    if not os.path.isdir(workdir):
+        raise config_lib.ConfigError(f"config.tokenizer_workdir={workdir} does not exist")
+    _, tconfig = ckpt_lib.Checkpointer(workdir, read_only=True).latest_config()
+    if tconfig.get("stage") != "cvivit":
+        raise config_lib.ConfigError(
+            f"config.tokenizer_workdir={workdir} holds a {tconfig.get('stage')!r} checkpoint, "
+            "not a C-ViViT tokenizer")
+    return tconfig
+
+
+def check_tokenizer(config: ml_collections.ConfigDict, tconfig: ml_collections.ConfigDict,
+                    where: str) -> None:
+    """The transformer's token space must be exactly the tokenizer's."""
+    from phenaki_jax.models.cvivit import token_grid
+
+    codebook = tconfig.model.codebook_size
+    if codebook != config.tokens.vocab_size:
+        raise config_lib.ConfigError(
+            f"config.tokens.vocab_size={config.tokens.vocab_size} does not equal the codebook "
+            f"size {codebook} of the tokenizer in {where}")
+    grid = list(token_grid(tconfig.data.num_frames, tconfig.data.resolution,
+                           tconfig.model.patch_size, tconfig.model.temporal_patch_size))
+    if grid != list(config.tokens.grid):
+        raise config_lib.ConfigError(
+            f"config.tokens.grid={list(config.tokens.grid)} does not equal the token grid "
+            f"{grid} of the tokenizer in {where}")
+    for f in ("resolution", "num_frames"):
+        if tconfig.data[f] != config.data[f]:
+            raise config_lib.ConfigError(
+                f"config.data.{f}={config.data[f]} differs from the tokenizer's "
+                f"{tconfig.data[f]} ({where})")
+
+
+def validate(config: ml_collections.ConfigDict, purpose: str = "train") -> None:
+    """Every maskgit-specific check that needs no compilation."""
+    for f in ("model.width", "model.num_layers", "model.num_heads", "model.mlp_dim",
+              "tokens.vocab_size", "text.max_length", "text.embed_dim", "sampling.num_steps"):
+        _positive_int(config, f)
+    m = config.model
+    if m.width % m.num_heads:
+        raise config_lib.ConfigError(
+            f"config.model.num_heads={m.num_heads} does not divide config.model.width={m.width}")
+    if m.dtype not in ("float32", "bfloat16"):
+        raise config_lib.ConfigError(f"config.model.dtype must be float32 or bfloat16, "
+                                     f"got {m.dtype!r}")
+    grid = tuple(config.tokens.grid)
+    if len(grid) != 3 or any(not isinstance(g, int) or g <= 0 for g in grid):
+        raise config_lib.ConfigError(
+            f"config.tokens.grid must be three positive integers [t, h, w], got {grid}")
+    if config.tokens.vocab_size < 2:
+        raise config_lib.ConfigError("config.tokens.vocab_size must be at least 2")
+    if grid[0] != 1 + (config.data.num_frames - 1) // 2:
+        raise config_lib.ConfigError(
+            f"config.tokens.grid[0]={grid[0]} does not match config.data.num_frames="
+            f"{config.data.num_frames} (1 + (T - 1) / 2 token frames)")
+    if config.text.max_length < 2:
+        raise config_lib.ConfigError("config.text.max_length must be >= 2 (text and EOS)")
+    if not 0 <= config.text.dropout < 1:
+        raise config_lib.ConfigError(f"config.text.dropout must be in [0, 1), "
+                                     f"got {config.text.dropout}")
+    if not 0 <= config.masking.prefix_fraction <= 1:
+        raise config_lib.ConfigError("config.masking.prefix_fraction must be in [0, 1]")
+    if config.sampling.guidance_scale < 0 or config.sampling.temperature < 0:
+        raise config_lib.ConfigError(
+            "config.sampling.guidance_scale and config.sampling.temperature must be >= 0")
+    for f in ("image_fraction", "continuation_fraction"):
+        if not 0 <= config.data[f] <= 1:
+            raise config_lib.ConfigError(f"config.data.{f} must be in [0, 1]")
+    enc = config.text.encoder
+    if enc == "trainable":
+        for f in ("text.num_layers", "text.num_heads", "text.mlp_dim"):
+            _positive_int(config, f)
+        if config.text.embed_dim % config.text.num_heads:
+            raise config_lib.ConfigError(
+                f"config.text.num_heads={config.text.num_heads} does not divide "
+                f"config.text.embed_dim={config.text.embed_dim}")
+    elif enc == "t5":
+        if purpose != "bench":
+            _check_t5(config)
+    else:
+        raise config_lib.ConfigError(
+            f"config.text.encoder must be 'trainable' or 't5', got {enc!r}")
+    if purpose == "train":
+        check_tokenizer(config, tokenizer_config(config.tokenizer_workdir),
+                        config.tokenizer_workdir)
+
+
+def _check_t5(config: ml_collections.ConfigDict) -> None:
+    t = config.text
+    if not t.checkpoint:
+        raise config_lib.ConfigError(
+            "config.text.checkpoint is empty; text.encoder='t5' needs a Hugging Face or T5X "
+            "checkpoint directory")
+    if not os.path.isdir(t.checkpoint):
+        raise config_lib.ConfigError(f"config.text.checkpoint={t.checkpoint} does not exist")
+    if t.cache and not os.path.isfile(t.cache):
+        raise config_lib.ConfigError(f"config.text.cache={t.cache} does not exist")
+    if t.vocabulary and not os.path.isfile(t.vocabulary):
+        raise config_lib.ConfigError(f"config.text.vocabulary={t.vocabulary} does not exist")
+    hf_config = os.path.join(t.checkpoint, "config.json")
+    if os.path.isfile(hf_config):
+        import json
+
+        with open(hf_config) as f:
+            d_model = json.load(f).get("d_model")
+        if d_model != t.embed_dim:
+            raise config_lib.ConfigError(
+                f"config.text.embed_dim={t.embed_dim} differs from the T5 width {d_model} in "
+                f"{hf_config}")
+        if not t.vocabulary and not os.path.isfile(os.path.join(t.checkpoint, "spiece.model")):
+            raise config_lib.ConfigError(
+                f"config.text.checkpoint={t.checkpoint} has no spiece.model; set "
+                "config.text.vocabulary")
+    elif not t.vocabulary:
+        raise config_lib.ConfigError(
+            "config.text.vocabulary must name the sentencepiece model of the T5X checkpoint in "
+            f"{t.checkpoint}")
+
+
+def mask_tokens(rng: Array, grid: tuple[int, int, int], is_image: Array,
+                prefix_fraction: float) -> tuple[Array, Array]:
+    """MaskGIT training masks for a batch.
+
+    Args:
+      rng: PRNG key.
+      grid: (t, h, w) tokens per clip.
+      is_image: int [B], 1 for an image (a one-frame video: only token frame 0 exists).
+      prefix_fraction: share of videos whose first j token frames (j uniform in 1..t-1) stay
+        unmasked, as the story decoder's known tokens do.
+
+    Returns:
+      (masked, valid), bool [B, N] with N = t*h*w: `masked` tokens are replaced by the mask
+      token and scored; `valid` tokens exist. A cosine-distributed share cos(pi/2 u), u ~ U(0,1),
+      of each example's eligible tokens is masked, at least one.
+    """
+    t, h, w = grid
+    n, s = t * h * w, h * w
+    b = is_image.shape[0]
+    k_ratio, k_scores, k_prefix, k_len = jax.random.split(rng, 4)
+    idx = jnp.arange(n)[None, :]
+    image = is_image.reshape(b, 1) > 0
+    valid = jnp.where(image, idx < s, True)
+    use_prefix = (jax.random.uniform(k_prefix, (b, 1)) < prefix_fraction) & ~image
+    prefix_len = jax.random.randint(k_len, (b, 1), 1, max(t, 2)) * s
+    eligible = valid & ~(use_prefix & (idx < prefix_len))
+    num_eligible = eligible.sum(1)
+    ratio = decode.mask_ratio(jax.random.uniform(k_ratio, (b,)))
+    num_mask = jnp.clip(jnp.ceil(ratio * num_eligible).astype(jnp.int32), 1, num_eligible)
+    scores = jnp.where(eligible, jax.random.uniform(k_scores, (b, n)), 2.0)
+    cutoff = jnp.take_along_axis(jnp.sort(scores, axis=1), (num_mask - 1)[:, None], axis=1)
+    return eligible & (scores <= cutoff), valid
+
+
+def masked_cross_entropy(logits: Array, ids: Array, masked: Array) -> tuple[Array, Array]:
+    """Mean cross-entropy and accuracy over the masked tokens only. logits [B, N, V]."""
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), ids)
+    weights = masked.astype(jnp.float32)
+    count = jnp.maximum(weights.sum(), 1.0)
+    correct = (jnp.argmax(logits, -1) == ids).astype(jnp.float32)
+    return (ce * weights).sum() / count, (correct * weights).sum() / count
+
+
+class MaskGITStage:
+    """Builds and trains the masked transformer; the trainer drives it through this interface.
+
+    `purpose`: "train" (frames are tokenized by the frozen tokenizer inside the step),
+    "bench" (random token ids and random text embeddings; no checkpoint is read) or
+    "inference" (the state's structure only, for the story decoder).
+    """
+
+    name = "maskgit"
+
+    def __init__(self, config: ml_collections.ConfigDict, purpose: str = "train",
+                 tokenizer: ml_collections.ConfigDict | None = None) -> None:
+        if purpose not in PURPOSES:
+            raise ValueError(f"purpose must be one of {PURPOSES}")
+        self.config = config
+        self.purpose = purpose
+        self.model = MaskGIT.from_config(config)
+        self.tx = state_lib.make_optimizer(config)
+        self.grid = tuple(config.tokens.grid)
+        self.tokens_shape = self.grid
+        self.num_tokens = int(np.prod(self.grid))
+        self.encoder = config.text.encoder
+        # Where text embeddings come from: the trainable encoder (params), a frozen T5 (aux),
+        # or given embeddings (a phenaki-embed cache in training, random ones in bench).
+        if self.encoder == "trainable":
+            self.text_source = "trainable"
+        elif purpose == "bench" or (purpose == "train" and config.text.cache):
+            self.text_source = "embeddings"
+        else:
+            self.text_source = "frozen"
+        self.text_model = None
+        self.text_tokenizer: Any = None
+        if self.encoder == "trainable":
+            t = config.text
+            self.text_model = text_lib.T5Encoder(text_lib.trainable_t5_config(
+                t.embed_dim, t.num_layers, t.num_heads, t.mlp_dim))
+            self.text_tokenizer = text_lib.ByteTokenizer()
+        elif purpose != "bench":
+            self._t5_config, self._t5_vocab = self._t5_files()
+            self.text_model = text_lib.T5Encoder(self._t5_config)
+            self.text_tokenizer = text_lib.SentencePieceTokenizer(self._t5_vocab)
+        self._cache: tuple[dict[str, int], np.ndarray, np.ndarray] | None = None
+        if self.text_source == "embeddings" and purpose == "train":
+            self._cache = self._load_cache(config.text.cache)
+
+        self.tokenizer_model = None
+        if purpose != "bench":
+            from phenaki_jax.models.cvivit import CViViT
+
+            self.tokenizer_config = tokenizer or tokenizer_config(config.tokenizer_workdir)
+            self.tokenizer_model = CViViT.from_config(self.tokenizer_config)
+        self.batch_axes = self._batch_axes()
+
+    # -- text ------------------------------------------------------------------------------
+    def _t5_files(self) -> tuple[Any, str]:
+        t = self.config.text
+        hf_config = os.path.join(t.checkpoint, "config.json")
+        if os.path.isfile(hf_config):
+            import json
+
+            with open(hf_config) as f:
+                cfg = text_lib.T5Config.from_hf_dict(json.load(f))
+        else:  # a T5X checkpoint carries no config: its sizes come from the arrays
+            cfg, _ = text_lib.load_t5(t.checkpoint)
+        vocab = t.vocabulary or os.path.join(t.checkpoint, "spiece.model")
+        return cfg, vocab
+
+    def _load_cache(self, path: str) -> tuple[dict[str, int], np.ndarray, np.ndarray]:
+        with np.load(path) as f:
+            missing = [k for k in ("prompts", "embeddings", "mask") if k not in f]
+            if missing:
+                raise config_lib.ConfigError(
+                    f"config.text.cache={path} lacks {missing[0]!r}; write it with phenaki-embed")
+            prompts = [str(p) for p in f["prompts"]]
+            emb, mask = f["embeddings"].astype(np.float32), f["mask"].astype(np.int32)
+        if emb.shape[-1] != self.config.text.embed_dim:
+            raise config_lib.ConfigError(
+                f"config.text.cache={path} holds embeddings of width {emb.shape[-1]}, but "
+                f"config.text.embed_dim={self.config.text.embed_dim}")
+        length = self.config.text.max_length
+        if emb.shape[1] < length:
+            pad = length - emb.shape[1]
+            emb = np.pad(emb, ((0, 0), (0, pad), (0, 0)))
+            mask = np.pad(mask, ((0, 0), (0, pad)))
+        return {p: i for i, p in enumerate(prompts)}, emb[:, :length], mask[:, :length]
+
+    def tokenize_text(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Host side: ids, mask int32 [N, text.max_length]; over-long texts are truncated."""
+        ids, mask, truncated = self.text_tokenizer.encode_batch(texts, self.config.text.max_length)
+        if truncated:
+            logging.warning("%d text(s) longer than config.text.max_length=%d were truncated, "
+                            "e.g. %r", len(truncated), self.config.text.max_length,
+                            texts[truncated[0]][:80])
+        return ids, mask
+
+    def host_batch(self, raw: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Turns the pipeline's batch (frames, is_image, text bytes) into the step's inputs."""
+        texts = [t.decode("utf-8") if isinstance(t, bytes) else str(t) for t in raw["text"]]
+        out = {"frames": raw["frames"], "is_image": raw["is_image"].astype(np.int32)}
+        if self.text_source == "embeddings":
+            assert self._cache is not None
+            index, emb, mask = self._cache
+            rows = []
+            for t in texts:
+                if t not in index:
+                    raise config_lib.ConfigError(
+                        f"text {t!r} is not in config.text.cache={self.config.text.cache}; "
+                        "embed every caption of the data set with phenaki-embed")
+                rows.append(index[t])
+            out["text_embeddings"], out["text_mask"] = emb[rows], mask[rows]
+        else:
+            out["text_ids"], out["text_mask"] = self.tokenize_text(texts)
+        return out
+
+    def _batch_axes(self) -> dict[str, tuple[str, ...]]:
+        axes: dict[str, tuple[str, ...]] = {"is_image": ("batch",),
+                                            "text_mask": ("batch", "text_length")}
+        if self.purpose == "bench":
+            axes["ids"] = ("batch", "time", "height", "width")
+        else:
+            axes["frames"] = ("batch", "time", "height", "width", "channels")
+        if self.text_source == "embeddings":
+            axes["text_embeddings"] = ("batch", "text_length", "text_embed")
+        else:
+            axes["text_ids"] = ("batch", "text_length")
+        return axes
+
+    def encode_text(self, state: state_lib.TrainState, batch: dict[str, Array],
+                    params: Any = None) -> tuple[Array, Array]:
+        """(context [B, L, D], mask [B, L]) from whichever text input the batch carries."""
+        if "text_embeddings" in batch:
+            return batch["text_embeddings"], batch["text_mask"]
+        if self.text_source == "trainable":
+            text_params = (state.params if params is None else params)["text"]
+        else:
+            text_params = jax.lax.stop_gradient(state.aux["text"])
+        emb = self.text_model.apply({"params": text_params}, batch["text_ids"],
+                                    batch["text_mask"])
+        return emb, batch["text_mask"]
+
+    # -- shapes -----------------------------------------------------------------------------
+    def example_batch(self, batch_size: int | None = None) -> dict[str, Array]:
+        c = self.config
+        b = c.batch_size if batch_size is None else batch_size
+        r, length = c.data.resolution, c.text.max_length
+        out: dict[str, Any] = {"is_image": jnp.zeros((b,), jnp.int32),
+                               "text_mask": jnp.ones((b, length), jnp.int32)}
+        if self.purpose == "bench":
+            out["ids"] = jnp.zeros((b, *self.grid), jnp.int32)
+        else:
+            out["frames"] = jnp.zeros((b, c.data.num_frames, r, r, 3), jnp.uint8)
+        if self.text_source == "embeddings":
+            out["text_embeddings"] = jnp.zeros((b, length, c.text.embed_dim), jnp.float32)
+        else:
+            out["text_ids"] = jnp.ones((b, length), jnp.int32)
+        return out
+
+    def bench_batch(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """Random token ids over the grid and random text (the contract's bench inputs)."""
+        c = self.config
+        b, length = c.batch_size, c.text.max_length
+        out = {"ids": rng.integers(0, c.tokens.vocab_size, (b, *self.grid)).astype(np.int32),
+               "is_image": np.zeros((b,), np.int32),
+               "text_mask": np.ones((b, length), np.int32)}
+        if self.text_source == "embeddings":
+            out["text_embeddings"] = rng.standard_normal((b, length, c.text.embed_dim)).astype(
+                np.float32)
+        else:
+            out["text_ids"] = rng.integers(3, 259, (b, length)).astype(np.int32)
+        return out
+
+    def init(self, rng: Array) -> state_lib.TrainState:
+        """The initial state with logically boxed parameters. The frozen tokenizer and T5 are
+        random here; `prepare_new_state` puts the real ones in before the first step."""
+        c = self.config
+        ex = self.example_batch(1)
+        ctx = jnp.zeros((1, c.text.max_length, c.text.embed_dim), jnp.float32)
+        params = {"transformer": self.model.init(
+            jax.random.fold_in(rng, 0), ex.get("ids", jnp.zeros((1, *self.grid), jnp.int32)),
+            ctx, ex["text_mask"], jnp.zeros((1,), bool))["params"]}
+        aux: dict[str, Any] = {}
+        text_ids = jnp.ones((1, c.text.max_length), jnp.int32)
+        if self.text_source == "trainable":
+            params["text"] = self.text_model.init(jax.random.fold_in(rng, 1), text_ids,
+                                                  ex["text_mask"])["params"]
+        elif self.text_model is not None:
+            aux["text"] = self.text_model.init(jax.random.fold_in(rng, 1), text_ids,
+                                               ex["text_mask"])["params"]
+        if self.tokenizer_model is not None:
+            from phenaki_jax.models.cvivit import frames_to_float
+
+            t = self.tokenizer_config
+            x = frames_to_float(jnp.zeros((1, t.data.num_frames, t.data.resolution,
+                                           t.data.resolution, 3), jnp.uint8))
+            aux["tokenizer"] = self.tokenizer_model.init(jax.random.fold_in(rng, 2), x)
+        return state_lib.TrainState(
+            step=jnp.zeros((), jnp.int32), params=params, opt_state=self.tx.init(params),
+            ema_params=params if c.ema_decay > 0 else {}, model_state={}, aux=aux,
+            nonfinite_streak=jnp.zeros((), jnp.int32), nonfinite_total=jnp.zeros((), jnp.int32))
+
+    def prepare_new_state(self, state: state_lib.TrainState, mesh: Any,
+                          state_shardings: Any) -> state_lib.TrainState:
+        """Copies the trained tokenizer (and a frozen T5) into a freshly initialised state."""
+        aux = dict(state.aux)
+        if "tokenizer" in aux:
+            from phenaki_jax.train import trainer
+
+            _, tstage, tstate = trainer.restore_for_inference(
+                self.config.tokenizer_workdir, mesh, expected_stage="cvivit")
+            aux["tokenizer"] = {"params": tstage.inference_params(tstate),
+                                **tstate.model_state}
+        if "text" in aux:
+            _, t5_params = text_lib.load_t5(self.config.text.checkpoint)
+            aux["text"] = t5_params
+        aux = jax.tree.map(lambda x, s: jax.device_put(np.asarray(jax.device_get(x)), s)
+                           if not isinstance(x, jax.Array) or x.sharding != s
+                           else x, aux, state_shardings.aux)
+        return state.replace(aux=aux)
+
+    # -- training ---------------------------------------------------------------------------
+    def token_ids(self, state: state_lib.TrainState, batch: dict[str, Array]) -> Array:
+        """int32 [B, t, h, w]: given ids (bench) or the frozen tokenizer's ids of the frames."""
+        if "ids" in batch:
+            return batch["ids"]
+        from phenaki_jax.models.cvivit import frames_to_float
+
+        variables = jax.lax.stop_gradient(state.aux["tokenizer"])
+        return self.tokenizer_model.apply(variables, frames_to_float(batch["frames"]),
+                                          method="tokenize")
+
+    def _logits(self, params: Any, state: state_lib.TrainState, batch: dict[str, Array],
+                inputs: Array, drop: Array, valid: Array | None) -> Array:
+        context, context_mask = self.encode_text(state, batch, params)
+        b = inputs.shape[0]
+        return self.model.apply({"params": params["transformer"]},
+                                inputs.reshape(b, *self.grid), context, context_mask,
+                                drop, valid).reshape(b, self.num_tokens, -1)
+
+    def train_step(self, state: state_lib.TrainState, batch: dict[str, Array]
+                   ) -> tuple[state_lib.TrainState, dict[str, Array]]:
+        c = self.config
+        rng = jax.random.fold_in(jax.random.key(c.seed), state.step)
+        k_mask, k_drop = jax.random.split(rng)
+        ids = self.token_ids(state, batch)
+        b = ids.shape[0]
+        flat = ids.reshape(b, self.num_tokens)
+        masked, valid = mask_tokens(k_mask, self.grid, batch["is_image"],
+                                    c.masking.prefix_fraction)
+        inputs = jnp.where(masked, self.model.mask_id, flat)
+        drop = jax.random.uniform(k_drop, (b,)) < c.text.dropout
+
+        def loss_fn(params: Any) -> tuple[Array, Array]:
+            logits = self._logits(params, state, batch, inputs, drop, valid)
+            loss, acc = masked_cross_entropy(logits, flat, masked)
+            return loss, acc
+
+        (loss, acc), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        grad_norm = optax.global_norm(grads)
+        updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        ema = state.ema_params
+        if c.ema_decay > 0:
+            ema = state_lib.ema_update(state.ema_params, params, c.ema_decay)
+        ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & state_lib.all_finite(params)
+        candidate = state.replace(params=params, opt_state=opt_state, ema_params=ema)
+        new_state = state_lib.select_tree(ok, candidate, state)
+        new_state = new_state.replace(
+            step=state.step + 1,
+            nonfinite_streak=jnp.where(ok, 0, state.nonfinite_streak + 1),
+            nonfinite_total=state.nonfinite_total + (~ok).astype(jnp.int32))
+        metrics = {
+            "loss": loss, "accuracy": acc, "grad_norm": grad_norm,
+            "masked_share": masked.sum() / jnp.maximum(valid.sum(), 1),
+            "learning_rate": state_lib.learning_rate_schedule(c)(state.step),
+            "nonfinite_steps": new_state.nonfinite_total.astype(jnp.float32),
+            "nonfinite_streak": new_state.nonfinite_streak.astype(jnp.float32),
+        }
+        return new_state, metrics
+
+    # -- evaluation -------------------------------------------------------------------------
+    def inference_params(self, state: state_lib.TrainState) -> Any:
+        return state.ema_params if self.config.ema_decay > 0 else state.params
+
+    def eval_step(self, state: state_lib.TrainState, batch: dict[str, Array]
+                  ) -> dict[str, Array]:
+        """Masked loss with and without the text on the same masks (per-batch sums): the gap
+        is what the text is worth; a model that ignores its prompt has none."""
+        params = self.inference_params(state)
+        ids = self.token_ids(state, batch)
+        b = ids.shape[0]
+        flat = ids.reshape(b, self.num_tokens)
+        masked, valid = mask_tokens(jax.random.key(_EVAL_SEED), self.grid, batch["is_image"],
+                                    0.0)
+        inputs = jnp.where(masked, self.model.mask_id, flat)
+        out = {}
+        for name, drop in (("cond", False), ("uncond", True)):
+            logits = self._logits(params, state, batch, inputs, jnp.full((b,), drop), valid)
+            ce = optax.softmax_cross_entropy_with_integer_labels(logits, flat)
+            out[f"{name}_sum"] = (ce * masked).sum()
+            out[f"{name}_correct"] = ((jnp.argmax(logits, -1) == flat) & masked).sum()
+        out["masked"] = masked.sum().astype(jnp.float32)
+        return out
+
+    def finish_eval(self, sums: dict[str, np.ndarray]) -> dict[str, float]:
+        n = max(float(sums["masked"]), 1.0)
+        cond, uncond = float(sums["cond_sum"]) / n, float(sums["uncond_sum"]) / n
+        return {"eval_loss": cond, "eval_loss_uncond": uncond,
+                "eval_text_gain": uncond - cond,
+                "eval_accuracy": float(sums["cond_correct"]) / n,
+                "eval_accuracy_uncond": float(sums["uncond_correct"]) / n,
+                "eval_perplexity": math.exp(min(cond, 50.0))}
+
+    # -- sampling ---------------------------------------------------------------------------
+    def sample_ids(self, state: state_lib.TrainState, batch: dict[str, Array],
+                   known_ids: Array, known: Array, rng: Array, num_steps: int,
+                   guidance_scale: Array | float, temperature: Array | float) -> Array:
+        """Parallel decoding of [B, t, h, w] token ids under the batch's text."""
+        params = self.inference_params(state)
+        context, context_mask = self.encode_text(state, batch, params)
+        b = known_ids.shape[0]
+
+        def logits_fn(tokens: Array, drop: Array) -> Array:
+            rep = tokens.shape[0] // b
+            return self.model.apply(
+                {"params": params["transformer"]}, tokens.reshape(-1, *self.grid),
+                jnp.concatenate([context] * rep), jnp.concatenate([context_mask] * rep),
+                drop).reshape(tokens.shape[0], self.num_tokens, -1)
+
+        out = decode.parallel_decode(
+            logits_fn, known_ids.reshape(b, -1), known.reshape(b, -1), rng, num_steps,
+            guidance_scale, temperature, self.model.mask_id)
+        return out.reshape(b, *self.grid)
+
+    def decode_frames(self, state: state_lib.TrainState, ids: Array) -> Array:
+        """Token ids [B, t, h, w] -> uint8 frames [B, T, H, W, 3] with the frozen tokenizer."""
+        from phenaki_jax.models.cvivit import float_to_frames
+
+        return float_to_frames(self.tokenizer_model.apply(state.aux["tokenizer"], ids,
+                                                          method="decode_ids"))
+
+    def summary_images(self, state: state_lib.TrainState, batch: dict[str, Array]) -> Array:
+        """uint8 [N, H, T*W, 3]: clips sampled from the first texts of the batch."""
+        c = self.config
+        n = min(4, batch["is_image"].shape[0])
+        small = {k: v[:n] for k, v in batch.items()}
+        known = jnp.zeros((n, *self.grid), bool)
+        ids = self.sample_ids(state, small, jnp.zeros((n, *self.grid), jnp.int32), known,
+                              jax.random.key(_EVAL_SEED), c.sampling.num_steps,
+                              c.sampling.guidance_scale, c.sampling.temperature)
+        frames = self.decode_frames(state, ids)
+        b, t, h, w, ch = frames.shape
+        return frames.transpose(0, 2, 1, 3, 4).reshape(b, h, t * w, ch)
+
+    def bench_sample(self, state: state_lib.TrainState, mesh: Any, repeats: int
+                     ) -> dict[str, float]:
+        """Median seconds to sample one batch of clips (all decoding steps), after compiling."""
+        import statistics
+        import time
+
+        from phenaki_jax import sharding
+
+        c = self.config
+        batch = sharding.global_batch(mesh, self.bench_batch(np.random.default_rng(1)))
+        b = c.batch_size
+        known = jnp.zeros((b, *self.grid), bool)
+
+        @jax.jit
+        def run(st: Any, bt: Any, key: Array) -> Array:
+            return self.sample_ids(st, bt, jnp.zeros((b, *self.grid), jnp.int32), known, key,
+                                   c.sampling.num_steps, c.sampling.guidance_scale,
+                                   c.sampling.temperature)
+
+        t0 = time.perf_counter()
+        compiled = run.lower(state, batch, jax.random.key(0)).compile()
+        compile_s = time.perf_counter() - t0
+        jax.block_until_ready(compiled(state, batch, jax.random.key(0)))
+        times = []
+        for i in range(max(repeats, 1)):
+            t0 = time.perf_counter()
+            jax.block_until_ready(compiled(state, batch, jax.random.key(i + 1)))
+            times.append(time.perf_counter() - t0)
+        return {"sample_s": statistics.median(times), "sample_compile_s": compile_s,
+                "sample_steps": c.sampling.num_steps}

@@ -1,0 +1,208 @@
+"""The masked transformer: masking, the image rule, parallel decoding and guidance, checked
+against independent NumPy statements of what each must do."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import load_config
+
+from phenaki_jax import config_lib
+from phenaki_jax.models.maskgit import MaskGIT
+from phenaki_jax.sample import decode
+from phenaki_jax.train import maskgit_stage
+
+GRID = (6, 4, 4)
+N, S = 96, 16
+
+
+def test_masks_respect_images_prefixes_and_counts():
+    b = 512
+    is_image = jnp.asarray(np.arange(b) % 4 == 0, jnp.int32)
+    masked, valid = maskgit_stage.mask_tokens(jax.random.key(0), GRID, is_image, 0.5)
+    masked, valid = np.asarray(masked), np.asarray(valid)
+    img = np.asarray(is_image) > 0
+    idx = np.arange(N)
+    # Images: only token frame 0 exists and only it is ever masked.
+    assert (valid[img] == (idx < S)).all()
+    assert not masked[img][:, S:].any()
+    assert (valid[~img]).all()
+    assert (masked <= valid).all()
+    # At least one token per example, never all of a clip that keeps a prefix.
+    assert (masked.sum(1) >= 1).all()
+    # Prefix examples: a whole number of leading token frames is never masked.
+    vids = masked[~img]
+    first_masked = np.argmax(vids, axis=1)
+    prefixed = first_masked >= S
+    assert 0.3 < prefixed.mean() < 0.7  # about half of the videos, as asked
+    # Masked share follows cos(pi/2 u), u ~ U(0, 1): its mean is 2/pi over eligible tokens.
+    plain = vids[~prefixed]
+    assert abs(plain.sum(1).mean() / N - 2 / np.pi) < 0.06
+
+
+def test_masked_cross_entropy_ignores_unmasked_tokens():
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((2, N, 11)).astype(np.float32)
+    ids = rng.integers(0, 11, (2, N))
+    masked = rng.random((2, N)) < 0.3
+    loss, _ = maskgit_stage.masked_cross_entropy(jnp.asarray(logits), jnp.asarray(ids),
+                                                 jnp.asarray(masked))
+    logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    ref = -(np.take_along_axis(logp, ids[..., None], -1)[..., 0] * masked).sum() / masked.sum()
+    assert np.isclose(float(loss), ref, rtol=1e-5)
+    grad = jax.grad(lambda x: maskgit_stage.masked_cross_entropy(
+        x, jnp.asarray(ids), jnp.asarray(masked))[0])(jnp.asarray(logits))
+    assert np.abs(np.asarray(grad)[~masked]).max() == 0.0
+    assert np.abs(np.asarray(grad)[masked]).max() > 0.0
+
+
+def _tiny_model(vocab=32):
+    model = MaskGIT(vocab_size=vocab, grid=GRID, width=32, num_layers=2, num_heads=2,
+                    mlp_dim=64, text_dim=16)
+    ids = jnp.zeros((1, *GRID), jnp.int32)
+    ctx = jnp.zeros((1, 5, 16))
+    params = model.init(jax.random.key(0), ids, ctx, jnp.ones((1, 5)), jnp.zeros((1,), bool))
+    return model, params
+
+
+def test_image_examples_see_and_score_only_their_first_token_frame():
+    model, params = _tiny_model()
+    rng = np.random.default_rng(1)
+    ids = rng.integers(0, 32, (1, *GRID))
+    other = ids.copy()
+    other[:, 1:] = rng.integers(0, 32, (5, 4, 4))  # padding frames of an image: anything
+    ctx = jnp.asarray(rng.standard_normal((1, 5, 16)), jnp.float32)
+    is_image = jnp.ones((1,), jnp.int32)
+    masked, valid = maskgit_stage.mask_tokens(jax.random.key(3), GRID, is_image, 0.0)
+
+    def loss(x):
+        inputs = jnp.where(masked, model.mask_id, jnp.asarray(x).reshape(1, N))
+        logits = model.apply(params, inputs.reshape(1, *GRID), ctx, jnp.ones((1, 5)),
+                             jnp.zeros((1,), bool), valid)
+        return maskgit_stage.masked_cross_entropy(logits.reshape(1, N, -1),
+                                                  jnp.asarray(x).reshape(1, N), masked)[0]
+
+    assert float(loss(ids)) == float(loss(other))
+
+
+def test_text_padding_and_dropout_behave():
+    model, params = _tiny_model()
+    rng = np.random.default_rng(2)
+    ids = jnp.asarray(rng.integers(0, 32, (2, *GRID)))
+    ctx = jnp.asarray(rng.standard_normal((2, 5, 16)), jnp.float32)
+    mask = jnp.asarray([[1, 1, 1, 0, 0]] * 2)
+    base = model.apply(params, ids, ctx, mask, jnp.zeros((2,), bool))
+    # Padded text positions are not attended to.
+    ctx2 = ctx.at[:, 3:].set(100.0)
+    assert np.allclose(base, model.apply(params, ids, ctx2, mask, jnp.zeros((2,), bool)),
+                       atol=1e-5)
+    # A dropped text is the same learned null context whatever the text was.
+    d1 = model.apply(params, ids, ctx, mask, jnp.ones((2,), bool))
+    d2 = model.apply(params, ids, ctx * 3 + 1, mask, jnp.ones((2,), bool))
+    assert np.allclose(d1, d2, atol=1e-6)
+    assert not np.allclose(d1, base, atol=1e-3)
+
+
+def _random_logits_fn(vocab, seed=0):
+    """A fixed random 'model': logits depend on the position, the tokens and the text flag."""
+    w = jax.random.normal(jax.random.key(seed), (N, vocab))
+    u = jax.random.normal(jax.random.key(seed + 1), (N, vocab))
+
+    def fn(tokens, drop):
+        mixed = (tokens.sum(1, keepdims=True) % 7).astype(jnp.float32)[..., None]
+        return 3 * w[None] + 0.1 * mixed + jnp.where(drop[:, None, None], u[None], 0.0)
+
+    return fn
+
+
+@pytest.mark.parametrize("steps", [1, 4, 12])
+def test_decoding_fills_everything_and_never_changes_known_tokens(steps):
+    vocab = 17
+    rng = np.random.default_rng(steps)
+    known = rng.random((3, N)) < 0.4
+    known[0] = False
+    known[1, :S * 3] = True
+    known_ids = rng.integers(0, vocab, (3, N))
+    out = np.asarray(decode.parallel_decode(_random_logits_fn(vocab), jnp.asarray(known_ids),
+                                            jnp.asarray(known), jax.random.key(0), steps, 2.0,
+                                            1.0, vocab))
+    assert (out[known] == known_ids[known]).all()
+    assert ((0 <= out) & (out < vocab)).all()
+
+
+def test_guidance_zero_is_the_conditional_model_and_greedy_is_argmax():
+    vocab = 17
+    fn = _random_logits_fn(vocab)
+    known = jnp.zeros((2, N), bool)
+    ids = jnp.zeros((2, N), jnp.int32)
+
+    def cond_only(tokens, drop):  # the unconditional half replaced by garbage
+        out = fn(tokens, drop)
+        return jnp.where(drop[:, None, None], 1e3 * jnp.sin(out), out)
+
+    a = decode.parallel_decode(fn, ids, known, jax.random.key(5), 6, 0.0, 1.0, vocab)
+    b = decode.parallel_decode(cond_only, ids, known, jax.random.key(5), 6, 0.0, 1.0, vocab)
+    assert (np.asarray(a) == np.asarray(b)).all()
+    c = decode.parallel_decode(cond_only, ids, known, jax.random.key(5), 6, 1.0, 1.0, vocab)
+    assert not (np.asarray(a) == np.asarray(c)).all()
+    # One greedy step = argmax of the guided logits of the all-masked input (NumPy).
+    s = 1.5
+    g = decode.parallel_decode(fn, ids, known, jax.random.key(5), 1, s, 0.0, vocab)
+    masked_in = jnp.full((2, N), vocab)
+    cond = np.asarray(fn(masked_in, jnp.zeros((2,), bool)))
+    uncond = np.asarray(fn(masked_in, jnp.ones((2,), bool)))
+    assert (np.asarray(g) == np.argmax(cond + s * (cond - uncond), -1)).all()
+
+
+def test_schedule_decides_the_cosine_share_per_step():
+    vocab, steps = 5, 6
+    seen = []
+
+    def fn(tokens, drop):
+        jax.debug.callback(lambda t: seen.append(np.asarray(t)), tokens)
+        return jnp.zeros((tokens.shape[0], N, vocab))
+
+    known = np.zeros((1, N), bool)
+    known[0, :10] = True
+    decode.parallel_decode(fn, jnp.zeros((1, N), jnp.int32), jnp.asarray(known),
+                           jax.random.key(0), steps, 0.0, 1.0, vocab)
+    masked_counts = [int((t[0] == vocab).sum()) for t in seen]
+    unknown = N - 10
+    expected = [unknown] + [int(np.floor(unknown * np.cos(np.pi / 2 * (s + 1) / steps)))
+                            for s in range(steps - 1)]
+    assert masked_counts == expected
+
+
+def test_rows_with_their_own_keys_do_not_depend_on_their_batch():
+    vocab = 17
+    fn = _random_logits_fn(vocab)
+    rng = np.random.default_rng(0)
+    ids = jnp.asarray(rng.integers(0, vocab, (3, N)))
+    known = jnp.asarray(rng.random((3, N)) < 0.3)
+    keys = jnp.stack([jax.random.key(i) for i in (7, 8, 9)])
+    full = decode.parallel_decode(fn, ids, known, keys, 5, 1.0, 1.0, vocab)
+    alone = decode.parallel_decode(fn, ids[1:2], known[1:2], keys[1:2], 5, 1.0, 1.0, vocab)
+    # _random_logits_fn mixes a row's own tokens only, so row 1 must be unaffected.
+    assert (np.asarray(full[1]) == np.asarray(alone[0])).all()
+
+
+def test_config_validation_names_the_field():
+    c = load_config("maskgit")
+    c.tokens.grid = (5, 4, 4)
+    with pytest.raises(config_lib.ConfigError, match="tokens.grid"):
+        maskgit_stage.validate(c, "bench")
+    c = load_config("maskgit")
+    c.text.encoder = "clip"
+    with pytest.raises(config_lib.ConfigError, match="text.encoder"):
+        maskgit_stage.validate(c, "bench")
+    c = load_config("maskgit")
+    with pytest.raises(config_lib.ConfigError, match="tokenizer_workdir"):
+        maskgit_stage.validate(c, "train")
+
+
+def test_paper_variant_is_about_1_8b_parameters():
+    from phenaki_jax.bench import benchmark
+
+    out = benchmark(load_config("maskgit", "variant=paper"), abstract=True)
+    assert out["tokens_shape"] == [6, 16, 16]
+    assert 1.7e9 < out["params"] < 1.95e9
