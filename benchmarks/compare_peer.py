@@ -1,12 +1,40 @@
 """Side-by-side training-step speed: phenaki_jax vs phenaki-pytorch 0.5.0, in one run.
 
-    .venv/bin/python benchmarks/compare_peer.py [--peer_python=/work/peer-venv/bin/python]
+    .venv/bin/python benchmarks/compare_peer.py [--stage={cvivit,maskgit,all}] [--steps=5] \
+        [--peer_python=/work/peer-venv/bin/python]
 
-For each matched size of the tokenizer issue it runs `phenaki-bench` (our full training step:
-forward, backward, AdamW, quantizer updates) and the peer's CViViT step (recon loss only, LFQ
-off, AdamW; see benchmarks/peer_pytorch.py), one after the other on the same idle machine,
-and prints one JSON line per size with both step times, the speed ratio and our MFU.
-`benchmarks/setup_peer.sh` creates the peer's separate virtual environment.
+For each matched size it runs `phenaki-bench` (our full jitted training step) and then the
+peer's step (see benchmarks/peer_pytorch.py), one after the other on the same idle machine,
+each in its own process, and prints one JSON line per size with both step times, the speed
+ratio (peer_s / ours_s), our MFU, our FLOPs per step and the float32 matmul peak measured in
+our process. `benchmarks/setup_peer.sh` creates the peer's separate virtual environment.
+
+cvivit (tokenizer): our step = forward, backward, AdamW, quantizer updates; the peer's CViViT
+step = reconstruction loss only, LFQ off, AdamW.
+
+maskgit (transformer): both steps = mask a random subset of the token ids (cosine schedule),
+forward with cross-attention to given random text embeddings [B, 16, text_dim], cross-entropy
+over the masked tokens, backward, AdamW. Ours runs `configs/maskgit.py` in bench mode with
+`text.encoder=t5` (random given embeddings; no checkpoint is read). Architectural differences
+that change the FLOPs of a step (everything else matches: width, layers, heads, head_dim =
+width / heads, vocabulary, batch, token grid, cross-attention in every block whose key/value
+projections read the text embeddings at their own width, full bidirectional self-attention
+over all t*h*w tokens, logits over the vocabulary for every token):
+  * feed-forward: ours GELU MLP with hidden 4*width (8*width^2 MACs per token); the peer's
+    GEGLU with ff_mult=4 has hidden int(8/3*width) and a doubled input projection
+    (3*int(8/3*width)*width MACs), within 0.1% of ours.
+  * positions: ours adds learned factorized (t, h, w) embeddings; the peer adds a learned
+    absolute embedding AND a continuous relative position bias: an MLP (3 -> head_dim ->
+    head_dim -> heads) over all (t*h*w)^2 token pairs, once per step, plus a depthwise 3x3x3
+    conv (PEG) per block. The bias MLP is ~4 GFLOP forward+backward at 6x8x8 (~2% of the
+    step) and ~68 GFLOP at 6x16x16 (~8%); XLA's count of OUR step below excludes it, so our
+    MFU is not inflated by it.
+  * attention details: the peer's cosine-sim q/k with learned scales, a LayerNorm on the
+    text, and 2 learned null key/values in cross-attention (18 instead of 16 keys): all
+    elementwise or negligible.
+  * our step also draws the text-dropout mask (10% null text, classifier-free guidance),
+    computes the masked-token accuracy (an argmax over the logits) and skips non-finite
+    updates; the peer's does none of these.
 """
 
 from __future__ import annotations
@@ -24,6 +52,18 @@ SIZES = [
     dict(resolution=64, patch=8, width=512, layers=4, heads=8, codebook=8192, batch=4),
 ]
 
+MASKGIT_SIZES = [
+    dict(grid=(6, 8, 8), width=256, layers=4, heads=4, vocab=1024, text_len=16, text_dim=256,
+         batch=16),
+    dict(grid=(6, 16, 16), width=512, layers=8, heads=8, vocab=8192, text_len=16,
+         text_dim=512, batch=2),
+]
+
+
+def _run(args: list[str]) -> dict:
+    out = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
 
 def ours(size: dict, steps: int) -> dict:
     name = {32: "shapes_world_videos_mix_32", 64: "shapes_world_videos_mix_64"}[size["resolution"]]
@@ -37,8 +77,7 @@ def ours(size: dict, steps: int) -> dict:
             f"--config.model.num_heads={size['heads']}",
             f"--config.model.codebook_size={size['codebook']}",
             f"--config.batch_size={size['batch']}"]
-    out = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return _run(args)
 
 
 def peer(size: dict, steps: int, python: str) -> dict:
@@ -48,23 +87,62 @@ def peer(size: dict, steps: int, python: str) -> dict:
             f"--temporal_layers={size['layers']}", f"--heads={size['heads']}",
             f"--codebook={size['codebook']}", f"--batch={size['batch']}", "--frames=11",
             f"--steps={steps}"]
-    out = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return _run(args)
+
+
+def ours_maskgit(size: dict, steps: int) -> dict:
+    t, h, w = size["grid"]
+    args = [sys.executable, "-m", "phenaki_jax.bench", "--config=configs/maskgit.py:variant=tiny",
+            f"--steps={steps}", "--config.text.encoder=t5",  # bench: random given embeddings
+            f"--config.text.embed_dim={size['text_dim']}",
+            f"--config.text.max_length={size['text_len']}",
+            f"--config.tokens.grid=({t},{h},{w})",
+            f"--config.tokens.vocab_size={size['vocab']}",
+            f"--config.model.width={size['width']}",
+            f"--config.model.num_layers={size['layers']}",
+            f"--config.model.num_heads={size['heads']}",
+            f"--config.model.mlp_dim={4 * size['width']}",
+            "--config.model.dtype=float32",
+            f"--config.batch_size={size['batch']}"]
+    return _run(args)
+
+
+def peer_maskgit(size: dict, steps: int, python: str) -> dict:
+    t, h, w = size["grid"]
+    args = [python, os.path.join(ROOT, "benchmarks", "peer_pytorch.py"), "--model=maskgit",
+            f"--grid={t},{h},{w}", f"--width={size['width']}", f"--layers={size['layers']}",
+            f"--heads={size['heads']}", f"--vocab={size['vocab']}",
+            f"--text_len={size['text_len']}", f"--text_dim={size['text_dim']}",
+            f"--batch={size['batch']}", f"--steps={steps}"]
+    return _run(args)
+
+
+def row(stage: str, size: dict, a: dict, b: dict) -> dict:
+    return {"stage": stage, "size": size, "ours_step_s": a["step_s"], "peer_step_s": b["step_s"],
+            "speedup": b["step_s"] / a["step_s"], "ours_mfu": a["mfu"],
+            "ours_params": a["params"], "peer_params": b["params"],
+            "matmul_peak_flops_per_s": a["matmul_peak_flops_per_s"],
+            "ours_flops_per_step": a["flops_per_step"]}
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--peer_python", default="/work/peer-venv/bin/python")
     p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--stage", choices=("cvivit", "maskgit", "all"), default="all")
     args = p.parse_args()
-    for size in SIZES:
-        a = ours(size, args.steps)
-        b = peer(size, args.steps, args.peer_python)
-        print(json.dumps({"size": size, "ours_step_s": a["step_s"], "peer_step_s": b["step_s"],
-                          "speedup": b["step_s"] / a["step_s"], "ours_mfu": a["mfu"],
-                          "ours_params": a["params"], "peer_params": b["params"],
-                          "matmul_peak_flops_per_s": a["matmul_peak_flops_per_s"],
-                          "ours_flops_per_step": a["flops_per_step"]}), flush=True)
+    if args.stage in ("cvivit", "all"):
+        for size in SIZES:
+            a = ours(size, args.steps)
+            b = peer(size, args.steps, args.peer_python)
+            out = row("cvivit", size, a, b)
+            del out["stage"]  # the cvivit lines keep their original keys
+            print(json.dumps(out), flush=True)
+    if args.stage in ("maskgit", "all"):
+        for size in MASKGIT_SIZES:
+            a = ours_maskgit(size, args.steps)
+            b = peer_maskgit(size, args.steps, args.peer_python)
+            print(json.dumps(row("maskgit", size, a, b)), flush=True)
 
 
 if __name__ == "__main__":

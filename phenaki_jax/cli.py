@@ -25,9 +25,18 @@ def fail(program: str, message: str, code: int = 1) -> None:
 class _QuietLibraries:
     """Drops INFO records of chatty libraries (orbax logs every file it writes)."""
 
+    # Orbax warns on every read-only open of a checkpoint directory, which is what every
+    # inference program does on purpose.
+    _EXPECTED = ("read_only=True", "Given directory is read only")
+
     def filter(self, record: object) -> bool:
         path = getattr(record, "pathname", "")
-        return getattr(record, "levelno", 0) > 20 or "orbax" not in path
+        if "orbax" not in path:
+            return True
+        if getattr(record, "levelno", 0) <= 20:
+            return False
+        message = str(getattr(record, "msg", ""))
+        return not any(e in message for e in self._EXPECTED)
 
 
 def quiet_libraries() -> None:

@@ -1,10 +1,14 @@
-"""`make demo`: train the tiny tokenizer on the shapes world and show what it does.
+"""`make demo`: the whole system on the shapes world, on this machine.
 
-Trains `configs/cvivit.py:variant=tiny` with its defaults into WORKDIR/tokenizer (resuming
-if it is already there), reconstructs held-out clips (test split, plus the four (colour,
-shape) pairs that no training video shows), and writes under WORKDIR:
-`reconstructions.mp4` / `.gif` (original | reconstruction, side by side, 8 fps),
-`reconstructions.png` (a contact sheet) and `report.json` (PSNR, codebook use, causality).
+1. Trains the tiny tokenizer (`configs/cvivit.py:variant=tiny`) into WORKDIR/tokenizer and
+   reconstructs held-out clips: WORKDIR/reconstructions.{mp4,gif,png}.
+2. Trains the tiny transformer (`configs/maskgit.py:variant=tiny`) on it, into
+   WORKDIR/transformer.
+3. Tells a story with the story decoder (WORKDIR/story.mp4, .gif, .npy, .json) and animates an
+   image (WORKDIR/image_to_video.*).
+4. Runs the prompt-adherence evaluation (WORKDIR/eval/eval_report.json, eval_sheet.png).
+Every training resumes if its workdir already holds a checkpoint. WORKDIR/report.json gathers
+the numbers, and the last lines printed say where everything is.
 """
 
 from __future__ import annotations
@@ -22,6 +26,11 @@ from phenaki_jax import cli
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/demo", "Where everything is written.")
 _CLIPS = flags.DEFINE_integer("clips", 32, "Held-out test clips to reconstruct.")
+_EVAL_CLIPS = flags.DEFINE_integer("eval_clips", 60, "Clips per single-prompt evaluation set.")
+_EVAL_STORIES = flags.DEFINE_integer("eval_stories", 30, "Stories in the evaluation.")
+STORY = ["a red circle moves right", "a green circle moves down", "a blue circle moves left",
+         "a yellow circle moves up", "a white circle stays still"]
+IMAGE_PROMPTS = ["a magenta square moves down", "a magenta square moves right"]
 
 
 def held_out_clips(resolution: int, n: int) -> tuple[np.ndarray, list[str]]:
@@ -62,37 +71,24 @@ def contact_sheet(originals: np.ndarray, recons: np.ndarray, path: str, rows: in
         image.save(tmp, format="PNG")
 
 
-def main(argv: Sequence[str]) -> None:
-    if len(argv) > 1:
-        raise cli.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    from absl import logging
+def tokenizer_report(tok_dir: str, train_s: float, steps: int, root: str) -> dict:
+    """Reconstructions of held-out clips, their PSNR, and the causality check."""
+    import jax.numpy as jnp
 
     from phenaki_jax.data import video
     from phenaki_jax.sample.tokenizer import tokenize_and_reconstruct
     from phenaki_jax.train import cvivit_stage, trainer
 
-    logging.set_verbosity(logging.INFO)
-    root = os.path.abspath(_WORKDIR.value)
-    tok_dir = os.path.join(root, "tokenizer")
-    from phenaki_jax import config_lib
-
-    config = config_lib.load_config_file(config_lib.repo_config_path("cvivit"), "variant=tiny")
-    t0 = time.time()
-    summary = trainer.train_and_evaluate(config, tok_dir)
-    train_s = time.time() - t0
-
     config, stage, state = trainer.restore_for_inference(tok_dir, expected_stage="cvivit")
     clips, captions = held_out_clips(config.data.resolution, _CLIPS.value)
     recon, ids = tokenize_and_reconstruct(stage, state, clips)
-    import jax.numpy as jnp
-
     psnr = np.asarray(cvivit_stage.psnr_per_clip(jnp.asarray(recon), jnp.asarray(clips)))
     n_held = len(captions) - _CLIPS.value
-    prefix_recon, prefix_ids = tokenize_and_reconstruct(stage, state, clips[:, :5])
+    _, prefix_ids = tokenize_and_reconstruct(stage, state, clips[:, :5])
     report = {
         "tokenizer_workdir": tok_dir,
         "train_wall_s": round(train_s, 1),
-        "train_steps": int(summary["step"]),
+        "train_steps": steps,
         "psnr_test_mean_db": float(psnr[:_CLIPS.value].mean()),
         "psnr_held_out_compositions_db": dict(zip(captions[-n_held:],
                                                   map(float, psnr[-n_held:]), strict=True)),
@@ -107,23 +103,113 @@ def main(argv: Sequence[str]) -> None:
     video.write_video(os.path.join(root, "reconstructions.gif"), up, fps=8)
     order = list(range(_CLIPS.value, len(captions))) + list(range(4))
     contact_sheet(clips[order], recon[order], os.path.join(root, "reconstructions.png"))
+    return report
+
+
+def stories(root: str, tok_dir: str, tr_dir: str) -> dict:
+    """A five-prompt story and an image-to-video clip, written as phenaki-story writes them."""
+    import jax.numpy as jnp
+    from PIL import Image
+
+    from phenaki_jax.data import shapes_world as sw
+    from phenaki_jax.sample.story import Story, StoryDecoder, write_result
+    from phenaki_jax.train import cvivit_stage
+
+    decoder = StoryDecoder(tok_dir, tr_dir, batch_size=1)
+    settings = decoder.settings()
+    r = decoder.resolution
+    t0 = time.time()
+    story = decoder.generate([Story("story", STORY, seed=0)])[0]
+    story_s = time.time() - t0
+    write_result(story, os.path.join(root, "story.mp4"), settings)
+    write_result(story, os.path.join(root, "story.gif"), settings)
+    s = sw.object_size(r)
+    image = sw.render_frame("square", "magenta", r // 2 - s // 2, r // 4, r)
+    image_path = os.path.join(root, "image.png")
+    Image.fromarray(np.repeat(np.repeat(image, 4, 0), 4, 1)).save(image_path)
+    animated = decoder.generate([Story("image_to_video", IMAGE_PROMPTS, 0, image_path)])[0]
+    write_result(animated, os.path.join(root, "image_to_video.mp4"), settings)
+    write_result(animated, os.path.join(root, "image_to_video.gif"), settings)
+    frame0 = decoder.load_image(image_path)
+    psnr0 = float(cvivit_stage.psnr_per_clip(jnp.asarray(animated.frames[None, :1]),
+                                             jnp.asarray(frame0[None, None]))[0])
+    judged = sw.judge_story(story.frames, [(g["prompt"], g["start_frame"], g["end_frame"])
+                                           for g in story.segments], r)
+    judged_image = sw.judge_story(animated.frames, [
+        (g["prompt"], g["start_frame"], g["end_frame"]) for g in animated.segments], r)
+    return {"story_prompts": STORY, "story_frames": int(story.frames.shape[0]),
+            "story_seconds": round(story_s, 2),
+            "story_segment_adherence": judged["segment_adherence"],
+            "story_continuous": judged["continuous"],
+            "image_to_video_frame0_psnr_db": round(psnr0, 2),
+            "image_to_video_segment_adherence": judged_image["segment_adherence"],
+            "image_to_video_continuous": judged_image["continuous"]}
+
+
+def main(argv: Sequence[str]) -> None:
+    if len(argv) > 1:
+        raise cli.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    from absl import logging
+
+    from phenaki_jax import config_lib
+    from phenaki_jax.data import video
+    from phenaki_jax.evaluate import evaluate
+    from phenaki_jax.train import trainer
+
+    logging.set_verbosity(logging.INFO)
+    start = time.time()
+    root = os.path.abspath(_WORKDIR.value)
+    tok_dir = os.path.join(root, "tokenizer")
+    tr_dir = os.path.join(root, "transformer")
+
+    config = config_lib.load_config_file(config_lib.repo_config_path("cvivit"), "variant=tiny")
+    t0 = time.time()
+    summary = trainer.train_and_evaluate(config, tok_dir)
+    report = {"tokenizer": tokenizer_report(tok_dir, time.time() - t0, int(summary["step"]),
+                                            root)}
+
+    config = config_lib.load_config_file(config_lib.repo_config_path("maskgit"), "variant=tiny")
+    config.tokenizer_workdir = tok_dir
+    t0 = time.time()
+    summary = trainer.train_and_evaluate(config, tr_dir)
+    report["transformer"] = {"workdir": tr_dir, "train_wall_s": round(time.time() - t0, 1),
+                             "train_steps": int(summary["step"]), **summary.get("eval", {})}
+    report["story"] = stories(root, tok_dir, tr_dir)
+    t0 = time.time()
+    ev = evaluate(tok_dir, tr_dir, os.path.join(root, "eval"), clips=_EVAL_CLIPS.value,
+                  stories=_EVAL_STORIES.value)
+    report["evaluation"] = {**ev["summary"], "seconds": round(time.time() - t0, 1),
+                            "seconds_per_prompt_round": ev["seconds_per_prompt_round"]}
+    report["demo_wall_s"] = round(time.time() - start, 1)
     with video.atomic_path(os.path.join(root, "report.json")) as tmp, open(tmp, "w") as f:
         json.dump(report, f, indent=2)
+    tok, tr, st, e = report["tokenizer"], report["transformer"], report["story"], ev["summary"]
     sys.stdout.write(
-        f"\nphenaki demo: tiny tokenizer trained in {report['train_wall_s']} s "
-        f"({report['train_steps']} steps)\n"
-        f"  held-out test clips: PSNR {report['psnr_test_mean_db']:.2f} dB; held-out "
-        f"compositions: {min(report['psnr_held_out_compositions_db'].values()):.2f} dB (worst)\n"
-        f"  videos:  {os.path.join(root, 'reconstructions.mp4')} (and .gif)\n"
-        f"  sheet:   {os.path.join(root, 'reconstructions.png')}\n"
-        f"  report:  {os.path.join(root, 'report.json')}\n")
+        f"\nphenaki demo ({report['demo_wall_s']:.0f} s after install)\n"
+        f"  tokenizer:   {tok['train_steps']} steps in {tok['train_wall_s']} s; held-out PSNR "
+        f"{tok['psnr_test_mean_db']:.2f} dB\n"
+        f"  transformer: {tr['train_steps']} steps in {tr['train_wall_s']} s; masked loss "
+        f"{tr.get('eval_loss', float('nan')):.3f} vs {tr.get('eval_loss_uncond', float('nan')):.3f}"
+        f" without text\n"
+        f"  adherence:   {e['in_distribution_adherence']:.0%} in distribution, "
+        f"{e['held_out_adherence']:.0%} held-out compositions, "
+        f"{e['story_segment_adherence']:.0%} story segments; "
+        f"{e['story_continuity']:.0%} stories continuous\n"
+        f"  story:       {os.path.join(root, 'story.mp4')} (and .gif; {st['story_frames']} "
+        f"frames, {len(STORY)} prompts)\n"
+        f"  image->video: {os.path.join(root, 'image_to_video.mp4')} (frame 0 PSNR "
+        f"{st['image_to_video_frame0_psnr_db']} dB)\n"
+        f"  evaluation:  {os.path.join(root, 'eval', 'eval_report.json')} and eval_sheet.png\n"
+        f"  tokenizer:   {os.path.join(root, 'reconstructions.mp4')} and .png\n"
+        f"  report:      {os.path.join(root, 'report.json')}\n")
 
 
 def run() -> None:
+    from phenaki_jax.sample.story import StoryError
     from phenaki_jax.train.checkpoint import CheckpointError
     from phenaki_jax.train.trainer import TrainingError
 
-    cli.run("phenaki-demo", main, (TrainingError, CheckpointError))
+    cli.run("phenaki-demo", main, (TrainingError, CheckpointError, StoryError))
 
 
 if __name__ == "__main__":

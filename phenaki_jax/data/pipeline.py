@@ -4,6 +4,11 @@ The pipeline is deterministic and indexed by step: batch `n` of a run is the sam
 happened before, so resuming at step `s` means skipping `s` batches (`start_batch`). Each host
 reads only its shard (`seqio.ShardInfo` from the process index) and contributes
 `batch_size / process_count` examples to the global batch.
+
+`config.data.name` is a registered seqio task or mixture, or a JSONL manifest spec read from
+files (`jsonl:train=/a/train.jsonl,validation=/a/val.jsonl` or `jsonl:/a/all.jsonl`, see
+`phenaki_jax.data.files`); bad examples of the latter are skipped and `skipped_examples()`
+counts them.
 """
 
 from __future__ import annotations
@@ -19,12 +24,45 @@ from phenaki_jax import config_lib
 FEATURES = ("frames", "is_image", "text")
 
 
-def get_provider(name: str):  # noqa: ANN201 - a seqio Task or Mixture
-    """Looks up a registered seqio task or mixture; a one-line ConfigError if unknown."""
+JSONL_PREFIX = "jsonl:"  # = files.SPEC_PREFIX, spelled here so that parsing needs no TF
+
+
+def skipped_examples() -> int:
+    """Bad examples (distinct manifest lines) skipped so far in this process; 0 without any
+    file-backed data set. The count only grows, and includes examples that the prefetching
+    input pipeline has read ahead of the training step."""
+    from phenaki_jax.data import files
+
+    return files.skipped_examples()
+
+
+def skipped_reasons() -> dict[str, int]:
+    """`skipped_examples()` by reason (see `files.REASONS`)."""
+    from phenaki_jax.data import files
+
+    return files.skipped_reasons()
+
+
+def get_provider(  # noqa: ANN201 - a seqio Task or Mixture
+    name: str, resolution: int | None = None, num_frames: int = 11
+):
+    """Looks up a registered seqio task or mixture; a one-line ConfigError if unknown.
+
+    A `jsonl:` manifest spec is registered first, at `resolution` and `num_frames`
+    (`data_name(config)` does that from the config and returns the task's name).
+    """
     import seqio
 
     import phenaki_jax.data.tasks  # noqa: F401 - registers the shapes world
 
+    if name.startswith(JSONL_PREFIX):
+        from phenaki_jax.data import files
+
+        if resolution is None:
+            raise config_lib.ConfigError(
+                f"config.data.name='{name}' needs config.data.resolution; look it up with "
+                "data_name(config)")
+        name = files.register_spec(name, resolution, num_frames)
     try:
         return seqio.get_mixture_or_task(name)
     except (KeyError, ValueError) as e:
@@ -36,8 +74,16 @@ def get_provider(name: str):  # noqa: ANN201 - a seqio Task or Mixture
 def data_name(config: ml_collections.ConfigDict) -> str:
     """The seqio name to read. `shapes_world_{R}` with `data.image_fraction` /
     `data.continuation_fraction` fields names the shapes-world mixture at those rates (the
-    transformer's images-to-videos ratio is a config field); any other name is used as is."""
+    transformer's images-to-videos ratio is a config field); a `jsonl:` manifest spec is
+    registered at `data.resolution` / `data.num_frames` and names its task (idempotent); any
+    other name is used as is."""
     name = config.data.name
+    if isinstance(name, str) and name.startswith(JSONL_PREFIX):
+        from phenaki_jax.data import files
+
+        splits = [config.data[k] for k in ("train_split", "eval_split") if k in config.data]
+        return files.register_spec(name, config.data.resolution, config.data.num_frames,
+                                   splits)
     if "image_fraction" not in config.data or name != f"shapes_world_{config.data.resolution}":
         return name
     from phenaki_jax.data import shapes_world as sw

@@ -169,6 +169,7 @@ class StoryDecoder:
                              f"transformer in {workdir} was trained with (their codebooks "
                              "differ)")
         self.config, self.stage, self.state, self.tok_vars = config, stage, state, tok_vars
+        self.tokenizer_workdir, self.workdir = tokenizer_workdir, workdir
         self.tokenizer_model = tstage.model
         self.num_frames = config.data.num_frames
         self.resolution = config.data.resolution

@@ -1,0 +1,138 @@
+"""phenaki-train for the transformer: it learns from the text, resumes exactly, refuses a
+tokenizer whose codebook or grid does not fit, and phenaki-bench answers for it."""
+
+import glob
+import json
+import os
+import shutil
+
+import numpy as np
+from conftest import MICRO_TRANSFORMER, run_cli
+from test_cli_tokenizer import assert_one_line_error
+
+
+def rows(workdir):
+    return [json.loads(x) for x in open(os.path.join(workdir, "metrics.jsonl"))]
+
+
+def test_trained_transformer_uses_its_text(micro_transformer_dir):
+    evals = [r for r in rows(micro_transformer_dir) if "eval_loss" in r]
+    final = evals[-1]
+    # The unconditional baseline is the same model with the text dropped, on the same masks:
+    # what the text is worth. A model that ignored its prompt would show no gap.
+    assert final["eval_loss"] < final["eval_loss_uncond"] - 0.1, final
+    train = [r["loss"] for r in rows(micro_transformer_dir) if "loss" in r]
+    assert train[-1] < train[0] - 1.0
+    for key in ("step", "loss", "learning_rate", "step_time_s", "examples_per_s"):
+        assert key in rows(micro_transformer_dir)[0]
+
+
+def test_resume_from_a_periodic_checkpoint_repeats_the_same_losses(micro_transformer_dir,
+                                                                   micro_tokenizer_dir,
+                                                                   tmp_path):
+    # Copy the finished run, drop its final checkpoint and the log after step 200, and resume:
+    # steps 201..400 must log exactly what the uninterrupted run logged.
+    workdir = str(tmp_path / "resumed")
+    shutil.copytree(micro_transformer_dir, workdir)
+    for d in glob.glob(os.path.join(workdir, "checkpoints", "*")):
+        if os.path.basename(d) != "200":
+            shutil.rmtree(d)
+    reference = {r["step"]: r["loss"] for r in rows(micro_transformer_dir) if "loss" in r}
+    with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows(micro_transformer_dir)
+                     if r["step"] <= 200 and "loss" in r)
+    run_cli("train", *MICRO_TRANSFORMER, f"--workdir={workdir}",
+            f"--config.tokenizer_workdir={micro_tokenizer_dir}", check=True)
+    resumed = {r["step"]: r["loss"] for r in rows(workdir) if "loss" in r}
+    later = [s for s in reference if s > 200]
+    assert later
+    for s in later:
+        np.testing.assert_allclose(resumed[s], reference[s], rtol=1e-5)
+
+
+def test_vocabulary_and_grid_mismatches_are_refused_before_compiling(micro_tokenizer_dir,
+                                                                     tmp_path):
+    common = [*MICRO_TRANSFORMER, f"--workdir={tmp_path}/w",
+              f"--config.tokenizer_workdir={micro_tokenizer_dir}"]
+    proc = run_cli("train", *common, "--config.tokens.vocab_size=512")
+    assert_one_line_error(proc, "config.tokens.vocab_size=512", "codebook size 256")
+    proc = run_cli("train", *common, "--config.tokens.grid=(6,8,8)")
+    assert_one_line_error(proc, "config.tokens.grid")
+    proc = run_cli("train", *MICRO_TRANSFORMER, f"--workdir={tmp_path}/w",
+                   f"--config.tokenizer_workdir={tmp_path}/nothing")
+    assert_one_line_error(proc, "config.tokenizer_workdir", "does not exist")
+    proc = run_cli("train", *MICRO_TRANSFORMER, f"--workdir={tmp_path}/w")
+    assert_one_line_error(proc, "config.tokenizer_workdir")
+    assert not os.path.exists(f"{tmp_path}/w/checkpoints")
+
+
+def test_transformer_workdir_is_not_a_tokenizer(micro_transformer_dir, tmp_path):
+    proc = run_cli("train", *MICRO_TRANSFORMER, f"--workdir={tmp_path}/w",
+                   f"--config.tokenizer_workdir={micro_transformer_dir}")
+    assert_one_line_error(proc, "not a C-ViViT tokenizer")
+
+
+def test_bench_abstract_paper_and_sampling_of_tiny():
+    proc = run_cli("bench", "--config=configs/maskgit.py:variant=paper", "--abstract",
+                   check=True)
+    out = json.loads(proc.stdout)
+    assert out["tokens_shape"] == [6, 16, 16]
+    assert 1.7e9 < out["params"] < 1.95e9
+    proc = run_cli("bench", "--config=configs/maskgit.py:variant=tiny", "--steps=1", "--sample",
+                   "--config.model.width=64", "--config.model.num_layers=1",
+                   "--config.model.mlp_dim=128", "--config.sampling.num_steps=3",
+                   "--config.batch_size=4", check=True)
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    for key in ("params", "tokens_shape", "batch_size", "compile_s", "step_s",
+                "examples_per_s", "flops_per_step", "achieved_flops_per_s",
+                "matmul_peak_flops_per_s", "mfu", "sample_s"):
+        assert key in out, key
+    assert out["sample_s"] > 0 and out["flops_per_step"] > 0
+
+
+def test_frozen_t5_in_the_step_equals_its_phenaki_embed_cache(micro_tokenizer_dir, tmp_path):
+    """The paper's setting in miniature: a frozen T5 (a tiny Hugging Face checkpoint made
+    here) conditions the transformer, either run inside the step or read from the cache that
+    phenaki-embed wrote; both give the same losses, and the story decoder uses the T5 stored
+    in the transformer's checkpoint."""
+    from test_text import random_params, tiny_config, to_hf, train_spiece, write_hf
+
+    from phenaki_jax.data import shapes_world as sw
+    from phenaki_jax.models import text
+    from phenaki_jax.sample.story import Story, StoryDecoder
+
+    hf = str(tmp_path / "t5")
+    params = random_params(tiny_config(), seed=7)
+    write_hf(hf, to_hf(params, tiny_config()))
+    train_spiece(hf)
+    captions = [sw.caption_image(c, s) for c in sw.COLORS for s in sw.SHAPES]
+    captions += [sw.caption_video(c, s, d) for c in sw.COLORS for s in sw.SHAPES
+                 for d in sw.DIRECTIONS]
+    prompts = tmp_path / "captions.txt"
+    prompts.write_text("\n".join(captions) + "\n")
+    cache = str(tmp_path / "cache.npz")
+    run_cli("embed", "--encoder=t5", f"--checkpoint={hf}", f"--prompts_file={prompts}",
+            f"--output={cache}", "--max_length=16", check=True)
+    common = [*MICRO_TRANSFORMER, "--config.total_steps=3", "--config.log_every_steps=1",
+              "--config.checkpoint_every_steps=3", "--config.eval_batches=1",
+              f"--config.tokenizer_workdir={micro_tokenizer_dir}", "--config.text.encoder=t5",
+              f"--config.text.checkpoint={hf}", "--config.text.embed_dim=32",
+              "--config.text.max_length=16"]
+    run_cli("train", *common, f"--workdir={tmp_path}/frozen", check=True)
+    run_cli("train", *common, f"--workdir={tmp_path}/cached", f"--config.text.cache={cache}",
+            check=True)
+    frozen = [r["loss"] for r in rows(f"{tmp_path}/frozen") if "loss" in r]
+    cached = [r["loss"] for r in rows(f"{tmp_path}/cached") if "loss" in r]
+    assert len(frozen) == 3
+    np.testing.assert_allclose(frozen, cached, rtol=1e-4)
+
+    decoder = StoryDecoder(micro_tokenizer_dir, f"{tmp_path}/cached", batch_size=1)
+    stored = decoder.state.aux["text"]
+    _, loaded = text.load_hf_t5(hf)
+    np.testing.assert_array_equal(np.asarray(stored["encoder_norm"]["scale"]),
+                                  loaded["encoder_norm"]["scale"])
+    result = decoder.generate([Story("t5", ["a red square moves up", "a red square moves left"])])
+    assert result[0].frames.shape == (17, 32, 32, 3)
+    # A wrong width is refused before anything compiles.
+    proc = run_cli("train", *common, f"--workdir={tmp_path}/bad", "--config.text.embed_dim=48")
+    assert_one_line_error(proc, "config.text.embed_dim=48", "config.json")
