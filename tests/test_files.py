@@ -240,8 +240,11 @@ def test_training_on_a_manifest_with_bad_examples_finishes(media, tmp_path):
     rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
     assert [r["step"] for r in rows if "loss" in r] == [2, 4, 6]
     assert all(np.isfinite(r["loss"]) for r in rows if "loss" in r)
+    assert [r for r in rows if "loss" in r][-1]["data_skipped_examples"] >= 1  # in the metrics
     # Only bad lines: one line on stderr naming the manifest, before anything is compiled.
-    bad = write_manifest(d, "cli_bad.jsonl", [entries[1], entries[7]])
+    good_lines = {g[0] for g in good}
+    bad = write_manifest(d, "cli_bad.jsonl",
+                         [e for k, e in enumerate(entries) if k not in good_lines])
     proc = run_cli("train", *MICRO, f"--workdir={tmp_path / 'bad'}",
                    f"--config.data.name=jsonl:{bad}")
     assert_one_line_error(proc, "cli_bad.jsonl", "no usable example")

@@ -274,6 +274,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                     dt = (now - last_log_time) / max(step - last_log_step, 1)
                     values["step_time_s"] = dt
                     values["examples_per_s"] = config.batch_size / dt if dt > 0 else 0.0
+                    # Bad examples of a file-backed data set are skipped, never silently.
+                    values["data_skipped_examples"] = float(pipeline.skipped_examples())
                     writers.scalars(step, values)
                     rate = (step - last_log_step) / max(now - last_log_time, 1e-9)
                     extra = "".join(f" {k}={values[k]:.3f}" for k in ("psnr", "accuracy")
