@@ -88,3 +88,56 @@ def test_checkpoint_from_8_device_mesh_resumes_on_one_device(tmp_path):
     rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
     assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4, 5]
     assert all(np.isfinite(r["loss"]) for r in rows if "loss" in r)
+
+
+MASKGIT_SCRIPT = r"""
+import json, sys
+import jax, numpy as np
+sys.path.insert(0, {root!r})
+from tests.conftest import load_config
+from phenaki_jax import sharding
+from phenaki_jax.train import trainer
+
+c = load_config("maskgit")
+c.batch_size = 8
+c.model.width, c.model.mlp_dim, c.model.num_heads, c.model.num_layers = 32, 64, 4, 2
+c.text.embed_dim, c.text.mlp_dim, c.text.num_layers = 16, 32, 1
+c.warmup_steps = 0
+c.mesh.data, c.mesh.model = {data}, {model}
+trainer.validate(c, jax.device_count(), purpose="bench")
+mesh = sharding.make_mesh(c)
+stage = trainer.make_stage(c, purpose="bench")
+rng = np.random.default_rng(0)
+with sharding.axis_rules(), mesh:
+    init, abstract, shardings = trainer.create_state(stage, mesh, jax.random.key(0))
+    state = init(jax.random.key(0))
+    step, _ = trainer.jit_train_step(stage, mesh, shardings)
+    losses = []
+    for i in range(3):
+        batch = sharding.global_batch(mesh, stage.bench_batch(rng))
+        state, m = step(state, batch)
+        losses.append(float(m["loss"]))
+    block = state.params["transformer"]["transformer"]["block_0"]
+    wi = block["mlp"]["wi"]["kernel"]
+    q = block["cross"]["query"]["kernel"]
+    print(json.dumps({{"losses": losses, "devices": jax.device_count(),
+                      "wi_shard_shape": list(wi.addressable_shards[0].data.shape),
+                      "cross_q_shard_shape": list(q.addressable_shards[0].data.shape)}}))
+"""
+
+
+def test_transformer_on_a_data_model_mesh_matches_single_device():
+    def run(devices, data, model):
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2",
+               "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+        proc = subprocess.run(
+            [sys.executable, "-c", MASKGIT_SCRIPT.format(root=ROOT, data=data, model=model)],
+            env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+    one, eight = run(1, -1, 1), run(8, 4, 2)
+    np.testing.assert_allclose(eight["losses"], one["losses"], rtol=1e-5)
+    assert eight["wi_shard_shape"] == [32, 32] and one["wi_shard_shape"] == [32, 64]
+    # Cross-attention heads [embed, heads, kv] are split over the model axis too.
+    assert eight["cross_q_shard_shape"] == [32, 2, 8]

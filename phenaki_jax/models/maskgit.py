@@ -67,7 +67,10 @@ class MaskGIT(nn.Module):
         b, t, h, w = ids.shape
         d = self.width
         emb = nn.with_logical_partitioning(nn.initializers.normal(0.02), ("vocab", "embed"))
-        table = self.param("token_embedding", emb, (self.vocab_size + 1, d), jnp.float32)
+        # vocab_size codes and the mask token, padded to a multiple of 128 rows so that the
+        # table splits evenly over any model axis (and tiles well on TPUs).
+        rows = -(-(self.vocab_size + 1) // 128) * 128
+        table = self.param("token_embedding", emb, (rows, d), jnp.float32)
         x = jnp.take(table, ids.reshape(b, t * h * w), axis=0).astype(self.dtype)
         pos = nn.with_logical_partitioning(nn.initializers.normal(0.02), ("length", "embed"))
         pt = self.param("time_pos", pos, (self.grid[0], d), jnp.float32)

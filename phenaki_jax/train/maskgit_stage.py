@@ -244,9 +244,11 @@ class MaskGITStage:
         self.text_tokenizer: Any = None
         if self.encoder == "trainable":
             t = config.text
-            self.text_model = text_lib.T5Encoder(text_lib.trainable_t5_config(
-                t.embed_dim, t.num_layers, t.num_heads, t.mlp_dim))
             self.text_tokenizer = text_lib.ByteTokenizer()
+            # 259 byte ids, padded to 384 rows so the embedding splits over a model axis.
+            vocab = -(-self.text_tokenizer.vocab_size // 128) * 128
+            self.text_model = text_lib.T5Encoder(text_lib.trainable_t5_config(
+                t.embed_dim, t.num_layers, t.num_heads, t.mlp_dim, vocab_size=vocab))
         elif purpose != "bench":
             self._t5_config, self._t5_vocab = self._t5_files()
             self.text_model = text_lib.T5Encoder(self._t5_config)

@@ -62,6 +62,12 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None,
         from phenaki_jax.train import maskgit_stage
 
         maskgit_stage.validate(config, purpose)
+        if num_devices is not None:
+            model_axis = config_lib.mesh_shape(config, num_devices)["model"]
+            if config.tokens.vocab_size % model_axis:
+                raise config_lib.ConfigError(
+                    f"config.tokens.vocab_size={config.tokens.vocab_size} is not divisible by "
+                    f"the mesh's model axis ({model_axis}), over which the logits are split")
 
 
 def _first_difference(a: Any, b: Any, prefix: str) -> str | None:
