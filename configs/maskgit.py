@@ -16,8 +16,9 @@ from phenaki_jax import config_lib
 _SIZES = {
     # tiny: the tiny tokenizer's 6x4x4 grid over a 1024-code book, and a byte-level text
     # encoder trained with the transformer (no pretrained T5 can be downloaded here).
+    # 1500 steps (~8 min here) keep `make demo` within its 25-minute budget.
     "tiny": dict(width=256, num_layers=4, num_heads=4, mlp_dim=1024, grid=(6, 4, 4),
-                 vocab_size=1024, resolution=32, batch_size=16, total_steps=2500,
+                 vocab_size=1024, resolution=32, batch_size=16, total_steps=1500,
                  learning_rate=1e-3, encoder="trainable", text_length=32, text_dim=128),
     "small": dict(width=512, num_layers=8, num_heads=8, mlp_dim=2048, grid=(6, 8, 8),
                   vocab_size=4096, resolution=64, batch_size=64, total_steps=100_000,
