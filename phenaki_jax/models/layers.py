@@ -7,12 +7,12 @@ batch on `data` and the heads / MLP on `model`.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 Dtype = Any
 Array = jax.Array
@@ -34,47 +34,46 @@ class LayerNorm(nn.Module):
     def __call__(self, x: Array) -> Array:
         scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
                            (x.shape[-1],), jnp.float32)
-        x32 = x.astype(jnp.float32)
-        if LN_VJP:
-            bias = (self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros,
-                                                                  ("embed",)),
-                               (x.shape[-1],), jnp.float32) if self.use_bias else None)
-            return _layer_norm(x32, scale, bias).astype(self.dtype)
-        mean = x32.mean(-1, keepdims=True)
-        var = jnp.square(x32 - mean).mean(-1, keepdims=True)
-        y = (x32 - mean) * jax.lax.rsqrt(var + 1e-6) * scale
+        bias = None
         if self.use_bias:
             bias = self.param("bias",
                               nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
                               (x.shape[-1],), jnp.float32)
-            y = y + bias
-        return y.astype(self.dtype)
+        return _layer_norm(self.use_bias, x.astype(jnp.float32), scale, bias).astype(self.dtype)
 
 
-@jax.custom_vjp
-def _layer_norm(x: Array, scale: Array, bias: Array | None) -> Array:
-    return _layer_norm_fwd(x, scale, bias)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _layer_norm(has_bias: bool, x: Array, scale: Array, bias: Array | None) -> Array:
+    """(x - mean) * rsqrt(var + 1e-6) * scale (+ bias) over the last axis, x float32.
+
+    The backward is written out (the textbook LayerNorm gradient) instead of left to autodiff:
+    XLA:CPU fused autodiff's chain of LayerNorm backward ops through the residual stream into
+    the transposed copies the weight gradients read, recomputing every later block's chain
+    in each (the 6x16x16-token, 8-layer MaskGIT step of benchmarks/compare_peer.py: 11.3 ->
+    6.2 s on two idle cores). Same function, same gradient.
+    """
+    return _layer_norm_fwd(has_bias, x, scale, bias)[0]
 
 
-def _layer_norm_fwd(x: Array, scale: Array, bias: Array | None) -> tuple[Array, Any]:
+def _layer_norm_fwd(has_bias: bool, x: Array, scale: Array, bias: Array | None
+                    ) -> tuple[Array, tuple[Array, Array, Array]]:
     mean = x.mean(-1, keepdims=True)
-    xc = x - mean
-    rstd = jax.lax.rsqrt(jnp.square(xc).mean(-1, keepdims=True) + 1e-6)
-    xhat = xc * rstd
+    centred = x - mean
+    rstd = jax.lax.rsqrt(jnp.square(centred).mean(-1, keepdims=True) + 1e-6)
+    xhat = centred * rstd
     y = xhat * scale
-    if bias is not None:
+    if has_bias:
         y = y + bias
-    return y, (xhat, rstd, scale, bias is not None)
+    return y, (xhat, rstd, scale)
 
 
-def _layer_norm_bwd(res: Any, dy: Array) -> tuple[Array, Array, Array | None]:
-    xhat, rstd, scale, has_bias = res
+def _layer_norm_bwd(has_bias: bool, res: tuple[Array, Array, Array], dy: Array
+                    ) -> tuple[Array, Array, Array | None]:
+    xhat, rstd, scale = res
     lead = tuple(range(dy.ndim - 1))
-    dscale = (dy * xhat).sum(lead)
-    dbias = dy.sum(lead) if has_bias else None
     g = dy * scale
     dx = rstd * (g - g.mean(-1, keepdims=True) - xhat * (g * xhat).mean(-1, keepdims=True))
-    return dx, dscale, dbias
+    return dx, (dy * xhat).sum(lead), dy.sum(lead) if has_bias else None
 
 
 _layer_norm.defvjp(_layer_norm_fwd, _layer_norm_bwd)
@@ -96,29 +95,6 @@ def _attention_specs(ndim: int, axis: int) -> tuple[str, str, str]:
     return f"{q}hd,{k}hd->{logits}", f"{logits},{k}hd->{q}hd", logits
 
 
-FUSE_QKV = False  # experiment flags
-FUSE_QKV2 = False
-DEFER_NORM = False
-LN_VJP = False
-
-
-class _Kernel(nn.Module):
-    """A projection kernel with exactly nn.DenseGeneral's parameter (name, shape, init)."""
-
-    shape: tuple[int, ...]
-    num_in: int
-    axes: tuple[str, ...]
-
-    @nn.compact
-    def __call__(self) -> Array:
-        def init(rng: Array, shape: tuple[int, ...], dtype: Dtype = jnp.float32) -> Any:
-            flat = (int(np.prod(shape[: self.num_in])), int(np.prod(shape[self.num_in:])))
-            kernel = nn.with_logical_partitioning(_dense_init, self.axes)(rng, flat, dtype)
-            return nn.meta.replace_boxed(kernel, jnp.reshape(kernel.unbox(), shape))
-
-        return self.param("kernel", init, self.shape, jnp.float32)
-
-
 class Attention(nn.Module):
     """Multi-head attention along `axis` of x [..., L, ..., D] (default: the axis before D).
 
@@ -133,60 +109,32 @@ class Attention(nn.Module):
     @nn.compact
     def __call__(self, x: Array, context: Array | None = None,
                  mask: Array | None = None) -> Array:
-        self_attention = context is None
         context = x if context is None else context
         width = x.shape[-1]
         head_dim = width // self.num_heads
-        scale = head_dim ** -0.5
-        logits_spec, out_spec, _ = _attention_specs(x.ndim, self.axis if self.axis >= 0
-                                                    else x.ndim + self.axis)
-        if FUSE_QKV:
-            axes = ("embed", "heads", "kv")
-            wq, wk, wv = (_Kernel((k.shape[-1], self.num_heads, head_dim), 1, axes, name=n)()
-                          for n, k in (("query", x), ("key", context), ("value", context)))
-            if self_attention and FUSE_QKV2:
-                w = jnp.stack([wq * scale, wk, wv], axis=0).astype(self.dtype)  # [3, D, H, hd]
-                qkv = jnp.einsum("...d,sdhe->s...he", x.astype(self.dtype), w)
-                q, k, v = qkv[0], qkv[1], qkv[2]
-            elif self_attention:
-                w = jnp.stack([wq, wk, wv], axis=1).astype(self.dtype)  # [D, 3, H, hd]
-                qkv = jnp.einsum("...d,dshe->...she", x.astype(self.dtype), w)
-                q, k, v = qkv[..., 0, :, :] * scale, qkv[..., 1, :, :], qkv[..., 2, :, :]
-            else:
-                c = context.astype(self.dtype)
-                q = jnp.einsum("...d,dhe->...he", x.astype(self.dtype),
-                               wq.astype(self.dtype)) * scale
-                w = jnp.stack([wk, wv], axis=1).astype(self.dtype)
-                kv = jnp.einsum("...d,dshe->...she", c, w)
-                k, v = kv[..., 0, :, :], kv[..., 1, :, :]
-        else:
-            def proj(name: str, inputs: Array) -> Array:
-                return nn.DenseGeneral(
-                    (self.num_heads, head_dim), dtype=self.dtype, name=name, use_bias=False,
-                    kernel_init=nn.with_logical_partitioning(_dense_init, ("embed", "heads", "kv")),
-                )(inputs)
 
-            q = proj("query", x) * scale
-            k = proj("key", context)
-            v = proj("value", context)
+        def proj(name: str, inputs: Array) -> Array:
+            return nn.DenseGeneral(
+                (self.num_heads, head_dim), dtype=self.dtype, name=name, use_bias=False,
+                kernel_init=nn.with_logical_partitioning(_dense_init, ("embed", "heads", "kv")),
+            )(inputs)
+
+        q = proj("query", x) * (head_dim ** -0.5)
+        k = proj("key", context)
+        v = proj("value", context)
+        logits_spec, out_spec, logits_axes = _attention_specs(
+            x.ndim, self.axis if self.axis >= 0 else x.ndim + self.axis)
         logits = jnp.einsum(logits_spec, q, k).astype(jnp.float32)
         if mask is not None:
             logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
-        if DEFER_NORM:
-            # softmax(l) @ v == (exp(l - max) @ v) / sum(exp(l - max)): the division then
-            # touches [.., L, heads, head_dim] instead of the [.., heads, L, L] weights.
-            m = jax.lax.stop_gradient(logits.max(-1, keepdims=True))
-            p = jnp.exp(logits - m)
-            denom = p.sum(-1)  # [<others>, heads, q]
-            out = jnp.einsum(out_spec, p.astype(self.dtype), v)
-            _, _, lspec = _attention_specs(x.ndim, self.axis if self.axis >= 0
-                                           else x.ndim + self.axis)
-            qspec = out_spec.split("->")[1]
-            inv = jnp.einsum(f"{lspec[:-1]}->{qspec[:-1]}", 1.0 / denom)
-            out = out * inv[..., None].astype(self.dtype)
-        else:
-            weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
-            out = jnp.einsum(out_spec, weights, v)
+        # softmax(l) @ v computed as (exp(l - max) @ v) / sum(exp(l - max)): the division then
+        # touches the [..., L, heads, head_dim] output instead of the [..., heads, L, L]
+        # weights (one pass fewer over the largest tensor, forward and backward).
+        unnormalized = jnp.exp(logits - jax.lax.stop_gradient(logits.max(-1, keepdims=True)))
+        inv_sum = jnp.einsum(f"{logits_axes[:-1]}->{out_spec.split('->')[1][:-1]}",
+                             1.0 / unnormalized.sum(-1))
+        out = jnp.einsum(out_spec, unnormalized.astype(self.dtype), v)
+        out = out * inv_sum[..., None].astype(self.dtype)
         return nn.DenseGeneral(
             width, axis=(-2, -1), dtype=self.dtype, name="out", use_bias=False,
             kernel_init=nn.with_logical_partitioning(_dense_init, ("heads", "kv", "embed")),
