@@ -153,7 +153,7 @@ def main(argv: Sequence[str]) -> None:
 
     from phenaki_jax import config_lib
     from phenaki_jax.data import video
-    from phenaki_jax.evaluate import evaluate
+    from phenaki_jax.sample.evaluation import evaluate
     from phenaki_jax.train import trainer
 
     logging.set_verbosity(logging.INFO)
