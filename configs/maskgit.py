@@ -95,9 +95,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.sampling.temperature = 1.0
 
     if args.runlocal:
-        c.batch_size = 2
-        c.total_steps = 10
-        c.warmup_steps = 2
-        c.log_every_steps = 1
-        c.checkpoint_every_steps = 5
+        config_lib.apply_runlocal(c)
     return c

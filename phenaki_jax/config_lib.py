@@ -88,6 +88,16 @@ def common_config(stage: str, variant: str) -> ml_collections.ConfigDict:
     return c
 
 
+def apply_runlocal(config: ml_collections.ConfigDict) -> None:
+    """The `runlocal` switch of every config: a few steps at batch 2, to check a large
+    variant on a workstation before launching it."""
+    config.batch_size = 2
+    config.total_steps = 10
+    config.warmup_steps = 2
+    config.log_every_steps = 1
+    config.checkpoint_every_steps = 5
+
+
 def _positive(config: ml_collections.ConfigDict, *fields: str) -> None:
     for field in fields:
         value = _get(config, field)

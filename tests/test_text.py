@@ -9,6 +9,7 @@ import jax
 import numpy as np
 import pytest
 from conftest import run_cli
+from test_cli_tokenizer import assert_one_line_error
 
 from phenaki_jax.models import text
 
@@ -467,15 +468,6 @@ def test_byte_tokenizer():
 # ------------------------------------------------------------------------------------------
 # phenaki-embed
 # ------------------------------------------------------------------------------------------
-
-def assert_one_line_error(proc, *needles):
-    assert proc.returncode != 0
-    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
-    errors = [line for line in proc.stderr.splitlines() if ": error: " in line]
-    assert len(errors) == 1, proc.stderr[-2000:]
-    for n in needles:
-        assert n in errors[0], errors[0]
-
 
 def test_embed_cli_end_to_end(tmp_path, hf_dir):
     import sentencepiece as spm
