@@ -53,7 +53,7 @@ MICRO_TRANSFORMER = ["--config=configs/maskgit.py:variant=tiny", "--config.total
                      "--config.text.embed_dim=32", "--config.text.num_layers=1",
                      "--config.text.num_heads=2", "--config.text.mlp_dim=64",
                      "--config.log_every_steps=10", "--config.checkpoint_every_steps=200",
-                     "--config.eval_batches=4", "--config.warmup_steps=10",
+                     "--config.eval_batches=16", "--config.warmup_steps=10",
                      "--config.sampling.num_steps=4", "--config.learning_rate=3e-3"]
 
 
