@@ -83,6 +83,15 @@ def check_tokenizer(config: ml_collections.ConfigDict, tconfig: ml_collections.C
 
 def validate(config: ml_collections.ConfigDict, purpose: str = "train") -> None:
     """Every maskgit-specific check that needs no compilation."""
+    for section in ("model", "tokens", "text", "masking", "sampling"):
+        if section not in config:
+            raise config_lib.ConfigError(
+                f"config.{section} is missing: config.stage='maskgit' needs a transformer "
+                "config (configs/maskgit.py)")
+    for f in ("num_layers", "width", "num_heads", "mlp_dim", "dtype", "remat"):
+        if f not in config.model:
+            raise config_lib.ConfigError(f"config.model.{f} is missing: config.stage='maskgit' "
+                                         "needs a transformer config (configs/maskgit.py)")
     for f in ("model.width", "model.num_layers", "model.num_heads", "model.mlp_dim",
               "tokens.vocab_size", "text.max_length", "text.embed_dim", "sampling.num_steps"):
         _positive_int(config, f)
