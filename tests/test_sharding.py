@@ -44,10 +44,10 @@ with sharding.axis_rules(), mesh:
 """
 
 
-def _run(devices, data, model):
+def _run(devices, data, model, script=SCRIPT):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2",
            "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
-    proc = subprocess.run([sys.executable, "-c", SCRIPT.format(root=ROOT, data=data,
+    proc = subprocess.run([sys.executable, "-c", script.format(root=ROOT, data=data,
                                                                model=model)],
                           env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -127,16 +127,7 @@ with sharding.axis_rules(), mesh:
 
 
 def test_transformer_on_a_data_model_mesh_matches_single_device():
-    def run(devices, data, model):
-        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2",
-               "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
-        proc = subprocess.run(
-            [sys.executable, "-c", MASKGIT_SCRIPT.format(root=ROOT, data=data, model=model)],
-            env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        return json.loads(proc.stdout.strip().splitlines()[-1])
-
-    one, eight = run(1, -1, 1), run(8, 4, 2)
+    one, eight = _run(1, -1, 1, MASKGIT_SCRIPT), _run(8, 4, 2, MASKGIT_SCRIPT)
     np.testing.assert_allclose(eight["losses"], one["losses"], rtol=1e-5)
     assert eight["wi_shard_shape"] == [32, 32] and one["wi_shard_shape"] == [32, 64]
     # Cross-attention heads [embed, heads, kv] are split over the model axis too.

@@ -137,7 +137,6 @@ class StoryDecoder:
                  num_steps: int | None = None, guidance_scale: float | None = None,
                  temperature: float | None = None, batch_size: int = 8) -> None:
         import jax
-        import jax.numpy as jnp
 
         from phenaki_jax.models.cvivit import float_to_frames, frames_to_float
         from phenaki_jax.train import checkpoint as ckpt_lib
@@ -191,7 +190,7 @@ class StoryDecoder:
         self.grid = tuple(config.tokens.grid)
         self.tokenizer_step = ckpt_lib.Checkpointer(tokenizer_workdir, read_only=True).steps()[-1]
         self.transformer_step = int(jax.device_get(state.step))
-        grid, model, steps = self.grid, tstage.model, self.num_steps
+        model, steps = tstage.model, self.num_steps
 
         @jax.jit
         def encode(tv: Any, frames: jax.Array) -> jax.Array:
@@ -209,8 +208,6 @@ class StoryDecoder:
             return float_to_frames(model.apply(tv, ids, method="decode_ids"))
 
         self._encode, self._generate, self._decode = encode, generate, decode
-        self._jnp = jnp
-        self._grid = grid
 
     # -- inputs ---------------------------------------------------------------------------
     def load_image(self, path: str) -> np.ndarray:

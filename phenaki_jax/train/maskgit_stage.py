@@ -210,18 +210,22 @@ def mask_tokens(rng: Array, grid: tuple[int, int, int], is_image: Array,
     return eligible & (scores <= cutoff), valid
 
 
-def masked_cross_entropy(logits: Array, ids: Array, masked: Array) -> tuple[Array, Array]:
-    """Mean cross-entropy and accuracy over the masked tokens only. logits [B, N, V]."""
+def token_cross_entropy(logits: Array, ids: Array) -> tuple[Array, Array]:
+    """Per-token cross-entropy and correctness [B, N] of logits [B, N, V] against ids [B, N]."""
     logits = logits.astype(jnp.float32)
     # One max and one exp-sum over the vocabulary serve both the loss and the accuracy (a
     # separate argmax was a measurable share of the small transformer's step on CPU).
     top = jax.lax.stop_gradient(logits.max(-1))
     lse = top + jnp.log(jnp.exp(logits - top[..., None]).sum(-1))
     label = jnp.take_along_axis(logits, ids[..., None], -1)[..., 0]
-    ce = lse - label
+    return lse - label, (label >= top).astype(jnp.float32)
+
+
+def masked_cross_entropy(logits: Array, ids: Array, masked: Array) -> tuple[Array, Array]:
+    """Mean cross-entropy and accuracy over the masked tokens only. logits [B, N, V]."""
+    ce, correct = token_cross_entropy(logits, ids)
     weights = masked.astype(jnp.float32)
     count = jnp.maximum(weights.sum(), 1.0)
-    correct = (label >= top).astype(jnp.float32)
     return (ce * weights).sum() / count, (correct * weights).sum() / count
 
 
@@ -441,10 +445,7 @@ class MaskGITStage:
         if "text" in aux:
             _, t5_params = text_lib.load_t5(self.config.text.checkpoint)
             aux["text"] = t5_params
-        aux = jax.tree.map(lambda x, s: jax.device_put(np.asarray(jax.device_get(x)), s)
-                           if not isinstance(x, jax.Array) or x.sharding != s
-                           else x, aux, state_shardings.aux)
-        return state.replace(aux=aux)
+        return state.replace(aux=jax.device_put(aux, state_shardings.aux))
 
     # -- training ---------------------------------------------------------------------------
     def token_ids(self, state: state_lib.TrainState, batch: dict[str, Array]) -> Array:
@@ -524,9 +525,10 @@ class MaskGITStage:
         out, per_example = {}, {}
         for name, drop in (("cond", False), ("uncond", True)):
             logits = self._logits(params, state, batch, inputs, jnp.full((b,), drop), valid)
-            ce = optax.softmax_cross_entropy_with_integer_labels(logits, flat) * masked
+            ce, correct = token_cross_entropy(logits, flat)
+            ce = ce * masked
             out[f"{name}_sum"] = ce.sum()
-            out[f"{name}_correct"] = ((jnp.argmax(logits, -1) == flat) & masked).sum()
+            out[f"{name}_correct"] = (correct * masked).sum()
             per_example[name] = ce.sum(1) / jnp.maximum(masked.sum(1), 1)
         # Paired per-example gains (same clip, same masks), for a standard error of the gain.
         gain = per_example["uncond"] - per_example["cond"]
