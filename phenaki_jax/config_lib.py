@@ -205,6 +205,11 @@ def validate_cvivit_model(model: ml_collections.ConfigDict, resolution: int,
         )
     if model.codebook_size < 2:
         raise ConfigError("config.model.codebook_size must be at least 2")
+    window = model.get("encoder_window", -1)
+    if not isinstance(window, int) or isinstance(window, bool) or window < -1:
+        raise ConfigError(
+            f"config.model.encoder_window must be -1 (global attention) or a radius >= 0, "
+            f"got {window!r}")
     if model.dtype not in ("float32", "bfloat16"):
         raise ConfigError(f"config.model.dtype must be float32 or bfloat16, got {model.dtype!r}")
 

@@ -48,6 +48,7 @@ def test_paper_variant_matches_paper_sizes():
     ("model.codebook_size", 1, "config.model.codebook_size"),
     ("ema_decay", 1.5, "config.ema_decay"),
     ("model.dtype", "float16", "config.model.dtype"),
+    ("model.encoder_window", -2, "config.model.encoder_window"),
 ])
 def test_impossible_config_names_the_field(field, value, needle):
     c = load_config("cvivit")

@@ -68,6 +68,29 @@ def test_encoder_is_causal(tiny):
     assert (ids[:, 3:] != full[:, 3:]).any()
 
 
+@pytest.mark.parametrize("radius", [0, 1])
+def test_encoder_window_bounds_what_a_token_sees(tiny, radius):
+    """With `model.encoder_window = r` every encoder layer attends r patches around (and r token
+    frames back, causally): perturbing one tubelet moves the encoder output exactly within the
+    receptive field those layers compose to (numpy reference), and nowhere else."""
+    c, _, _, x = tiny
+    c = c.copy_and_resolve_references()
+    c.model.encoder_window = radius
+    model = CViViT.from_config(c)
+    variables = model.init(jax.random.key(0), x)
+    t0, a0, b0 = 2, 3, 5  # the perturbed token: frames 3-4, rows 12-15, columns 20-23
+    changed = x.at[:, 3:5, 12:16, 20:24].set(-x[:, 3:5, 12:16, 20:24])
+    z = np.asarray(model.apply(variables, x, method=model.encode)["z"])
+    z2 = np.asarray(model.apply(variables, changed, method=model.encode)["z"])
+    moved = np.abs(z2 - z).max(axis=(0, 4)) > 1e-6  # [t, h, w]
+    ts, hs, ws = np.meshgrid(np.arange(6), np.arange(8), np.arange(8), indexing="ij")
+    reach_s = c.model.spatial_layers * radius
+    reach_t = c.model.temporal_layers * radius
+    expected = ((ts == t0) | ((ts > t0) & (ts - t0 <= reach_t))) \
+        & (np.abs(hs - a0) <= reach_s) & (np.abs(ws - b0) <= reach_s)
+    np.testing.assert_array_equal(moved, expected)
+
+
 def test_decoder_is_causal(tiny):
     _, model, variables, x = tiny
     ids = model.apply(variables, x, method=model.tokenize)

@@ -7,6 +7,9 @@ frame j depends on frames [0, 1 + 2j) only: an image is a one-frame video, and t
 prefix equal the prefix of the tokens. Nothing else looks ahead: position embeddings are
 absolute and per-frame, layer norms act per token, there are no temporal convolutions.
 The decoder mirrors the encoder (causal temporal, then spatial) and is causal too.
+`encoder_window` = r >= 0 narrows every encoder layer to the patches at most r rows and
+columns away (spatial) and the r previous token frames (temporal); r = 0 makes each code a
+function of its own tubelet only (the tiny variant), -1 is the paper's global attention.
 """
 
 from __future__ import annotations
@@ -27,6 +30,14 @@ def token_grid(num_frames: int, resolution: int, patch: int, temporal_patch: int
                ) -> tuple[int, int, int]:
     """[t, h, w] tokens of one clip."""
     return (1 + (num_frames - 1) // temporal_patch, resolution // patch, resolution // patch)
+
+
+def window_mask(h: int, w: int, radius: int) -> Array:
+    """[1, h*w, h*w]: patch i attends to patch j when they are at most `radius` apart (in rows
+    and in columns)."""
+    ys, xs = jnp.divmod(jnp.arange(h * w), w)
+    near = (jnp.abs(ys[:, None] - ys[None]) <= radius) & (jnp.abs(xs[:, None] - xs[None]) <= radius)
+    return near[None]
 
 
 def frames_to_float(frames: Array) -> Array:
@@ -53,6 +64,7 @@ class CViViT(nn.Module):
     resolution: int
     commitment_weight: float = 0.25
     usage_decay: float = 0.99
+    encoder_window: int = -1
     remat: bool = False
     dtype: Any = jnp.float32
 
@@ -67,7 +79,8 @@ class CViViT(nn.Module):
                    codebook_size=m.codebook_size, code_dim=m.code_dim, max_token_frames=t,
                    resolution=config.data.resolution,
                    commitment_weight=config.quantizer.commitment_weight,
-                   usage_decay=config.quantizer.usage_decay, remat=m.remat,
+                   usage_decay=config.quantizer.usage_decay,
+                   encoder_window=m.get("encoder_window", -1), remat=m.remat,
                    dtype=layers.dtype_of(m.dtype))
 
     def setup(self) -> None:
@@ -136,13 +149,17 @@ class CViViT(nn.Module):
         return jnp.concatenate([out, r], axis=1)
 
     # -- factorized attention ---------------------------------------------------------------
-    def _spatial(self, x: Array, stack: layers.Transformer) -> Array:
+    def _spatial(self, x: Array, stack: layers.Transformer, window: int = -1) -> Array:
         b, t, h, w, d = x.shape
-        return stack(x.reshape(b, t, h * w, d)).reshape(b, t, h, w, d)
+        mask = None if window < 0 else window_mask(h, w, window)
+        return stack(x.reshape(b, t, h * w, d), mask=mask).reshape(b, t, h, w, d)
 
-    def _temporal(self, x: Array, stack: layers.Transformer) -> Array:
+    def _temporal(self, x: Array, stack: layers.Transformer, window: int = -1) -> Array:
         b, t, h, w, d = x.shape
-        y = stack(x.reshape(b, t, h * w, d), mask=layers.causal_mask(t)[0])
+        mask = layers.causal_mask(t)[0]
+        if window >= 0:  # and at most `window` token frames back
+            mask = mask & ~jnp.tril(jnp.ones((t, t), bool), -window - 1)[None]
+        y = stack(x.reshape(b, t, h * w, d), mask=mask)
         return y.reshape(b, t, h, w, d)
 
     def _check_frames(self, t: int) -> int:
@@ -165,8 +182,8 @@ class CViViT(nn.Module):
         b, _, h, w, d = x.shape
         x = x + self.enc_space_pos.reshape(1, 1, h, w, d).astype(self.dtype)
         x = x + self.enc_time_pos[:t_tok].reshape(1, t_tok, 1, 1, d).astype(self.dtype)
-        x = self._spatial(x, self.enc_spatial)
-        x = self._temporal(x, self.enc_temporal)
+        x = self._spatial(x, self.enc_spatial, self.encoder_window)
+        x = self._temporal(x, self.enc_temporal, self.encoder_window)
         z = self.to_code(self.enc_norm(x).astype(jnp.float32))
         return self.quantizer(z, update_stats=update_stats)
 
