@@ -156,10 +156,7 @@ class CViViT(nn.Module):
 
     def _temporal(self, x: Array, stack: layers.Transformer, window: int = -1) -> Array:
         b, t, h, w, d = x.shape
-        mask = layers.causal_mask(t)[0]
-        if window >= 0:  # and at most `window` token frames back
-            mask = mask & ~jnp.tril(jnp.ones((t, t), bool), -window - 1)[None]
-        y = stack(x.reshape(b, t, h * w, d), mask=mask)
+        y = stack(x.reshape(b, t, h * w, d), mask=layers.causal_mask(t, window)[0])
         return y.reshape(b, t, h, w, d)
 
     def _check_frames(self, t: int) -> int:

@@ -214,9 +214,14 @@ class Transformer(nn.Module):
         return x
 
 
-def causal_mask(length: int) -> Array:
-    """[1, 1, L, L] lower-triangular mask: position i attends to positions <= i."""
-    return jnp.tril(jnp.ones((length, length), bool))[None, None]
+def causal_mask(length: int, window: int = -1) -> Array:
+    """[1, 1, L, L]: position i attends to positions j <= i, and with `window` >= 0 only to
+    i - window <= j (a causal band)."""
+    back = jnp.arange(length)[:, None] - jnp.arange(length)[None, :]
+    mask = back >= 0
+    if window >= 0:
+        mask = mask & (back <= window)
+    return mask[None, None]
 
 
 def dense(features: int, axes: tuple[str, str], dtype: Dtype, name: str) -> nn.Dense:
