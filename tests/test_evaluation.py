@@ -82,7 +82,10 @@ def test_judge_results_pass_rendered_truth_and_fail_wrong_prompts():
 
 
 def test_frame_psnr_matches_its_definition():
-    a = np.zeros((8, 8, 3), np.uint8)
-    b = np.full((8, 8, 3), 51, np.uint8)  # error 0.2 of the peak everywhere: 13.98 dB
-    assert evaluation.frame_psnr(a, b) == pytest.approx(20 * np.log10(1 / 0.2))
-    assert evaluation.frame_psnr(a, a) == float("inf")
+    """The PSNR the evaluation reports for frame 0 (the tokenizer's psnr_per_clip)."""
+    from phenaki_jax.train.cvivit_stage import psnr_per_clip
+
+    a = np.zeros((1, 1, 8, 8, 3), np.uint8)
+    b = np.full((1, 1, 8, 8, 3), 51, np.uint8)  # error 0.2 of the peak everywhere: 13.98 dB
+    assert float(psnr_per_clip(a, b)[0]) == pytest.approx(20 * np.log10(1 / 0.2), rel=1e-5)
+    assert float(psnr_per_clip(a, a)[0]) > 100  # identical: capped, not inf

@@ -62,12 +62,6 @@ def image_to_video_set(seed: int, count: int, resolution: int) -> list[tuple[np.
     return out
 
 
-def frame_psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """PSNR in dB of two uint8 frames (peak 255)."""
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10.0 * float(np.log10(255.0 ** 2 / mse))
-
-
 def judge_results(results: list[Any], resolution: int) -> tuple[list[dict], dict[str, float]]:
     from phenaki_jax.data import shapes_world as sw
 
@@ -129,23 +123,22 @@ def evaluate(tokenizer_workdir: str, workdir: str, output_dir: str, clips: int =
              guidance_scale: float | None = None, num_steps: int | None = None,
              temperature: float | None = None, batch_size: int = 16) -> dict[str, Any]:
     """Runs the three sets and writes the report and sheet; returns the report."""
+    from PIL import Image
+
+    from phenaki_jax.data.video import atomic_path
     from phenaki_jax.sample.story import CompileCounter, Story, StoryDecoder
+    from phenaki_jax.train.cvivit_stage import psnr_per_clip
 
     if clips < 1 or stories < 1 or story_length < 2:
         raise StoryError("--clips and --stories must be >= 1, --story_length >= 2")
     decoder = StoryDecoder(tokenizer_workdir, workdir, cond_frames, num_steps, guidance_scale,
                            temperature, batch_size)
     sets = prompt_sets(seed, clips, stories, story_length)
-    os.makedirs(output_dir, exist_ok=True)
     image_dir = os.path.join(output_dir, "images")
     os.makedirs(image_dir, exist_ok=True)
     report: dict[str, Any] = {"settings": decoder.settings(), "seed": seed,
                               "tokenizer_workdir": os.path.abspath(tokenizer_workdir),
                               "workdir": os.path.abspath(workdir)}
-    from PIL import Image
-
-    from phenaki_jax.data.video import atomic_path
-
     items_by_set = {name: [Story(f"{name}_{i:03d}", p, seed + i) for i, p in enumerate(lists)]
                     for name, lists in sets.items()}
     images = image_to_video_set(seed, clips, decoder.resolution)
@@ -169,10 +162,10 @@ def evaluate(tokenizer_workdir: str, workdir: str, output_dir: str, clips: int =
             per_round = np.array([r.seconds_per_prompt for r in results])
             report["seconds_per_prompt_round"] = [round(float(x), 4) for x in per_round.mean(0)]
         if name == "image_to_video":
-            psnr = [frame_psnr(r.frames[0], image) for r, (image, _) in zip(
-                results, images, strict=True)]
+            psnr = np.asarray(psnr_per_clip(np.stack([r.frames[:1] for r in results]),
+                                            np.stack([image[None] for image, _ in images])))
             for row, value in zip(rows, psnr, strict=True):
-                row["frame0_psnr_db"] = round(value, 2)
+                row["frame0_psnr_db"] = round(float(value), 2)
             report[name]["frame0_psnr_db"] = round(float(np.mean(psnr)), 2)
             report[name]["frame0_psnr_db_min"] = round(float(np.min(psnr)), 2)
     report["compilations"] = CompileCounter.count()
