@@ -20,8 +20,11 @@ install: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check phenaki_jax configs tests benchmarks
 
+# The commands re-execute themselves with this glibc tunable (phenaki_jax/cli.py); the tests
+# that train in the pytest process itself get it here.
 test: $(STAMP) lint
-	$(PY) -m pytest -q -x --durations=15 tests
+	GLIBC_TUNABLES=$${GLIBC_TUNABLES:+$$GLIBC_TUNABLES:}glibc.malloc.hugetlb=1 \
+		$(PY) -m pytest -q -x --durations=15 tests
 
 demo: $(STAMP)
 	$(PY) -m phenaki_jax.demo --workdir=$(DEMO)

@@ -159,7 +159,8 @@ def test_bench_measures_a_step():
                    "--config.model.mlp_dim=64", check=True)
     out = json.loads(proc.stdout.strip())
     for k in ("params", "tokens_shape", "batch_size", "compile_s", "step_s", "examples_per_s",
-              "flops_per_step", "achieved_flops_per_s", "matmul_peak_flops_per_s", "mfu"):
+              "flops_per_step", "achieved_flops_per_s", "matmul_peak_flops_per_s", "mfu",
+              "page_faults_per_step"):
         assert k in out, k
     assert out["flops_per_step"] > 0 and 0 < out["mfu"] < 2
     np.testing.assert_allclose(out["examples_per_s"], 2 / out["step_s"], rtol=1e-6)
