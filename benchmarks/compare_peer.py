@@ -1,11 +1,14 @@
 """Side-by-side training-step speed: phenaki_jax vs phenaki-pytorch 0.5.0, in one run.
 
     .venv/bin/python benchmarks/compare_peer.py [--stage={cvivit,maskgit,all}] [--steps=5] \
+        [--peer_huge_pages] \
         [--peer_python=/work/peer-venv/bin/python]
 
 For each matched size it runs `phenaki-bench` (our full jitted training step) and then the
 peer's step (see benchmarks/peer_pytorch.py), one after the other on the same idle machine,
-each in its own process, and prints one JSON line per size with both step times, the speed
+each in its own process (ours re-executes itself with glibc's heap on huge pages, as every
+phenaki_jax command does; the peer runs as installed, and with `--peer_huge_pages` also with
+them), and prints one JSON line per size with both step times, the speed
 ratio (peer_s / ours_s), our MFU, our FLOPs per step and the float32 matmul peak measured in
 our process. `benchmarks/setup_peer.sh` creates the peer's separate virtual environment.
 
@@ -60,8 +63,14 @@ MASKGIT_SIZES = [
 ]
 
 
-def _run(args: list[str]) -> dict:
-    out = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, check=True)
+HUGE_PAGES = "glibc.malloc.hugetlb=1"
+
+
+def _run(args: list[str], huge_pages: bool = False) -> dict:
+    env = dict(os.environ)
+    if huge_pages:  # what our commands give themselves (phenaki_jax/cli.py), here for the peer
+        env["GLIBC_TUNABLES"] = HUGE_PAGES
+    out = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, check=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -80,14 +89,14 @@ def ours(size: dict, steps: int) -> dict:
     return _run(args)
 
 
-def peer(size: dict, steps: int, python: str) -> dict:
+def peer(size: dict, steps: int, python: str, huge_pages: bool = False) -> dict:
     args = [python, os.path.join(ROOT, "benchmarks", "peer_pytorch.py"), "--model=cvivit",
             f"--resolution={size['resolution']}", f"--patch={size['patch']}",
             f"--width={size['width']}", f"--spatial_layers={size['layers']}",
             f"--temporal_layers={size['layers']}", f"--heads={size['heads']}",
             f"--codebook={size['codebook']}", f"--batch={size['batch']}", "--frames=11",
             f"--steps={steps}"]
-    return _run(args)
+    return _run(args, huge_pages)
 
 
 def ours_maskgit(size: dict, steps: int) -> dict:
@@ -107,14 +116,14 @@ def ours_maskgit(size: dict, steps: int) -> dict:
     return _run(args)
 
 
-def peer_maskgit(size: dict, steps: int, python: str) -> dict:
+def peer_maskgit(size: dict, steps: int, python: str, huge_pages: bool = False) -> dict:
     t, h, w = size["grid"]
     args = [python, os.path.join(ROOT, "benchmarks", "peer_pytorch.py"), "--model=maskgit",
             f"--grid={t},{h},{w}", f"--width={size['width']}", f"--layers={size['layers']}",
             f"--heads={size['heads']}", f"--vocab={size['vocab']}",
             f"--text_len={size['text_len']}", f"--text_dim={size['text_dim']}",
             f"--batch={size['batch']}", f"--steps={steps}"]
-    return _run(args)
+    return _run(args, huge_pages)
 
 
 def row(stage: str, size: dict, a: dict, b: dict) -> dict:
@@ -122,7 +131,8 @@ def row(stage: str, size: dict, a: dict, b: dict) -> dict:
             "speedup": b["step_s"] / a["step_s"], "ours_mfu": a["mfu"],
             "ours_params": a["params"], "peer_params": b["params"],
             "matmul_peak_flops_per_s": a["matmul_peak_flops_per_s"],
-            "ours_flops_per_step": a["flops_per_step"]}
+            "ours_flops_per_step": a["flops_per_step"],
+            "ours_page_faults_per_step": a.get("page_faults_per_step")}
 
 
 def main() -> None:
@@ -130,6 +140,8 @@ def main() -> None:
     p.add_argument("--peer_python", default="/work/peer-venv/bin/python")
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--stage", choices=("cvivit", "maskgit", "all"), default="all")
+    p.add_argument("--peer_huge_pages", action="store_true",
+                   help="also time the peer with glibc's heap on huge pages, as ours runs")
     args = p.parse_args()
     if args.stage in ("cvivit", "all"):
         for size in SIZES:
@@ -137,12 +149,19 @@ def main() -> None:
             b = peer(size, args.steps, args.peer_python)
             out = row("cvivit", size, a, b)
             del out["stage"]  # the cvivit lines keep their original keys
+            if args.peer_huge_pages:
+                out["peer_step_s_huge_pages"] = peer(size, args.steps, args.peer_python,
+                                                     True)["step_s"]
             print(json.dumps(out), flush=True)
     if args.stage in ("maskgit", "all"):
         for size in MASKGIT_SIZES:
             a = ours_maskgit(size, args.steps)
             b = peer_maskgit(size, args.steps, args.peer_python)
-            print(json.dumps(row("maskgit", size, a, b)), flush=True)
+            out = row("maskgit", size, a, b)
+            if args.peer_huge_pages:
+                out["peer_step_s_huge_pages"] = peer_maskgit(size, args.steps, args.peer_python,
+                                                             True)["step_s"]
+            print(json.dumps(out), flush=True)
 
 
 if __name__ == "__main__":
