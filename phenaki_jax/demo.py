@@ -90,6 +90,7 @@ def tokenizer_report(tok_dir: str, train_s: float, steps: int, root: str) -> dic
         "train_wall_s": round(train_s, 1),
         "train_steps": steps,
         "psnr_test_mean_db": float(psnr[:_CLIPS.value].mean()),
+        "psnr_held_out_compositions_mean_db": float(psnr[-n_held:].mean()),
         "psnr_held_out_compositions_db": dict(zip(captions[-n_held:],
                                                   map(float, psnr[-n_held:]), strict=True)),
         "codebook_used_on_these_clips": float(len(np.unique(ids)) / config.model.codebook_size),
@@ -186,8 +187,9 @@ def main(argv: Sequence[str]) -> None:
     tok, tr, st, e = report["tokenizer"], report["transformer"], report["story"], ev["summary"]
     sys.stdout.write(
         f"\nphenaki demo ({report['demo_wall_s']:.0f} s after install)\n"
-        f"  tokenizer:   {tok['train_steps']} steps in {tok['train_wall_s']} s; held-out PSNR "
-        f"{tok['psnr_test_mean_db']:.2f} dB\n"
+        f"  tokenizer:   {tok['train_steps']} steps in {tok['train_wall_s']} s; PSNR "
+        f"{tok['psnr_test_mean_db']:.2f} dB on unseen test clips, "
+        f"{tok['psnr_held_out_compositions_mean_db']:.2f} dB on held-out compositions\n"
         f"  transformer: {tr['train_steps']} steps in {tr['train_wall_s']} s; masked loss "
         f"{tr.get('eval_loss', float('nan')):.3f} vs {tr.get('eval_loss_uncond', float('nan')):.3f}"
         f" without text\n"
