@@ -48,6 +48,8 @@ import os
 import subprocess
 import sys
 
+from phenaki_jax import cli
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 SIZES = [
@@ -63,13 +65,10 @@ MASKGIT_SIZES = [
 ]
 
 
-HUGE_PAGES = "glibc.malloc.hugetlb=1"
-
-
 def _run(args: list[str], huge_pages: bool = False) -> dict:
     env = dict(os.environ)
-    if huge_pages:  # what our commands give themselves (phenaki_jax/cli.py), here for the peer
-        env["GLIBC_TUNABLES"] = HUGE_PAGES
+    if huge_pages:  # the environment our commands give themselves, here for the peer
+        env = cli.huge_pages_env(os.environ) or env
     out = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, check=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -143,26 +142,20 @@ def main() -> None:
     p.add_argument("--peer_huge_pages", action="store_true",
                    help="also time the peer with glibc's heap on huge pages, as ours runs")
     args = p.parse_args()
-    if args.stage in ("cvivit", "all"):
-        for size in SIZES:
-            a = ours(size, args.steps)
-            b = peer(size, args.steps, args.peer_python)
-            out = row("cvivit", size, a, b)
-            del out["stage"]  # the cvivit lines keep their original keys
+    stages = [("cvivit", SIZES, ours, peer), ("maskgit", MASKGIT_SIZES, ours_maskgit, peer_maskgit)]
+    for stage, sizes, ours_step, peer_step in stages:
+        if args.stage not in (stage, "all"):
+            continue
+        for size in sizes:
+            a = ours_step(size, args.steps)
+            b = peer_step(size, args.steps, args.peer_python)
+            out = row(stage, size, a, b)
+            if stage == "cvivit":
+                del out["stage"]  # the cvivit lines keep their original keys
             if args.peer_huge_pages:
-                out["peer_step_s_huge_pages"] = peer(size, args.steps, args.peer_python,
-                                                     True)["step_s"]
+                out["peer_step_s_huge_pages"] = peer_step(size, args.steps, args.peer_python,
+                                                          True)["step_s"]
             print(json.dumps(out), flush=True)
-    if args.stage in ("maskgit", "all"):
-        for size in MASKGIT_SIZES:
-            a = ours_maskgit(size, args.steps)
-            b = peer_maskgit(size, args.steps, args.peer_python)
-            out = row("maskgit", size, a, b)
-            if args.peer_huge_pages:
-                out["peer_step_s_huge_pages"] = peer_maskgit(size, args.steps, args.peer_python,
-                                                             True)["step_s"]
-            print(json.dumps(out), flush=True)
-
 
 if __name__ == "__main__":
     main()
