@@ -85,6 +85,27 @@ def test_a_story_does_not_depend_on_its_batch(decoder):
     assert [r.frames.shape[0] for r in mixed] == [11, 23, 29]
 
 
+def test_a_watching_storyteller_chooses_later_prompts_from_the_frames(decoder):
+    from phenaki_jax.sample.story import Story
+
+    seen = []
+
+    def choose(story, k, frames):
+        seen.append((story.id, k, frames.shape[0], story.prompts[k]))
+        return PROMPTS[2] if k == 1 else story.prompts[k]
+
+    story = Story("w", [PROMPTS[0], PROMPTS[0], PROMPTS[1]], seed=5)
+    result = decoder.generate([story], choose)[0]
+    # Asked once per later prompt, with the frames generated so far and the planned prompt.
+    assert seen == [("w", 1, 11, PROMPTS[0]), ("w", 2, 17, PROMPTS[1])]
+    assert [s["prompt"] for s in result.segments] == [PROMPTS[0], PROMPTS[2], PROMPTS[1]]
+    assert result.story.prompts == [PROMPTS[0], PROMPTS[2], PROMPTS[1]]
+    assert story.prompts == [PROMPTS[0], PROMPTS[0], PROMPTS[1]]  # the caller's is untouched
+    # The same as planning the chosen prompts from the start.
+    planned = decoder.generate([Story("w", [PROMPTS[0], PROMPTS[2], PROMPTS[1]], seed=5)])[0]
+    assert (planned.frames == result.frames).all()
+
+
 def test_image_becomes_frame_zero(decoder, tmp_path):
     from PIL import Image
 

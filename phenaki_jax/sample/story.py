@@ -22,7 +22,7 @@ import json
 import os
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -160,13 +160,17 @@ class StoryDecoder:
         config, stage, state = trainer.restore_for_inference(workdir, expected_stage="maskgit",
                                                              tokenizer=tconfig)
         tok_vars = {"params": tstage.inference_params(tstate), **tstate.model_state}
-        own = np.asarray(jax.device_get(tok_vars["params"]["quantizer"]["codebook"]))
-        trained = np.asarray(jax.device_get(
-            state.aux["tokenizer"]["params"]["quantizer"]["codebook"]))
-        if own.shape != trained.shape or not np.allclose(own, trained, atol=1e-6):
+        # The transformer holds a copy of the tokenizer it learned; every parameter must match
+        # (an FSQ tokenizer has no codebook to compare, and two VQ tokenizers may share one).
+        own = jax.tree_util.tree_leaves_with_path(jax.device_get(tok_vars["params"]))
+        trained = jax.tree_util.tree_leaves(jax.device_get(state.aux["tokenizer"]["params"]))
+        differ = ["the parameter trees"] if len(own) != len(trained) else [
+            jax.tree_util.keystr(path) for (path, a), b in zip(own, trained, strict=True)
+            if np.shape(a) != np.shape(b) or not np.allclose(a, b, atol=1e-6)]
+        if differ:
             raise StoryError(f"--tokenizer_workdir {tokenizer_workdir} is not the tokenizer the "
-                             f"transformer in {workdir} was trained with (their codebooks "
-                             "differ)")
+                             f"transformer in {workdir} was trained with (they differ in "
+                             f"{differ[0]})")
         self.config, self.stage, self.state, self.tok_vars = config, stage, state, tok_vars
         self.tokenizer_workdir, self.workdir = tokenizer_workdir, workdir
         self.tokenizer_model = tstage.model
@@ -227,16 +231,25 @@ class StoryDecoder:
         return ids, mask
 
     # -- generation -----------------------------------------------------------------------
-    def generate(self, stories: Sequence[Story]) -> list[Result]:
-        """Generates every story, `batch_size` at a time (stories of any lengths batch)."""
+    def generate(self, stories: Sequence[Story],
+                 choose_prompt: Callable[[Story, int, np.ndarray], str] | None = None
+                 ) -> list[Result]:
+        """Generates every story, `batch_size` at a time (stories of any lengths batch).
+
+        `choose_prompt(story, k, frames)`, if given, is asked for prompt k >= 1 of a story
+        once its frames so far (uint8 [T, R, R, 3]) exist, as a storyteller who watches the
+        video would; it gets the story with its planned prompts and returns the one to use.
+        """
         images = {s.id: self.load_image(s.image) for s in stories if s.image}
         results = []
         for start in range(0, len(stories), self.batch_size):
-            results.extend(self._generate_batch(list(stories[start:start + self.batch_size]),
-                                                images))
+            batch = [dataclasses.replace(s, prompts=list(s.prompts))
+                     for s in stories[start:start + self.batch_size]]
+            results.extend(self._generate_batch(batch, images, choose_prompt))
         return results
 
-    def _generate_batch(self, stories: list[Story], images: dict[str, np.ndarray]
+    def _generate_batch(self, stories: list[Story], images: dict[str, np.ndarray],
+                        choose_prompt: Callable[[Story, int, np.ndarray], str] | None
                         ) -> list[Result]:
         import jax
 
@@ -269,6 +282,8 @@ class StoryDecoder:
                 known_ids[:, :kt] = enc
             prompts = [""] * b
             for i in active:
+                if rnd > 0 and choose_prompt is not None:
+                    stories[i].prompts[rnd] = choose_prompt(stories[i], rnd, videos[i])
                 prompts[i] = stories[i].prompts[rnd]
             text_ids, text_mask = self._text(prompts, [s.id for s in stories] + [""] * (b - n))
             seeds = [stories[i].seed if i < n else 0 for i in range(b)]
