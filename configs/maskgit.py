@@ -100,6 +100,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.sampling.num_steps = 24 if tiny else 12
     c.sampling.guidance_scale = 1.0 if tiny else 4.0
     c.sampling.temperature = 1.0
+    # Confidence handicap per token frame (0: plain MaskGIT, every frame at once; large: one
+    # token frame after another, each decided knowing the earlier ones).
+    c.sampling.time_bias = 0.0
 
     if args.runlocal:
         config_lib.apply_runlocal(c)

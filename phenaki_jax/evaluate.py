@@ -1,7 +1,8 @@
 """phenaki-eval: prompt adherence and story continuity on the shapes world, by the spec's judge.
 
 `phenaki-eval --tokenizer_workdir=DIR --workdir=DIR2 --output_dir=OUT [--clips=N]
-[--stories=M] [--story_length=P] [--seed=S] [--guidance_scale=G] [--num_steps=N]`
+[--stories=M] [--story_length=P] [--seed=S] [--guidance_scale=G] [--num_steps=N]
+[--temperature=T] [--time_bias=B]`
 
 Generates single-prompt clips in distribution, single-prompt clips of the held-out
 compositions and multi-prompt stories with the story decoder, judges them
@@ -32,6 +33,7 @@ _COND = flags.DEFINE_integer("cond_frames", 5, "K of the story decoder.")
 _SCALE = flags.DEFINE_float("guidance_scale", None, "Guidance (default: the config's).")
 _STEPS = flags.DEFINE_integer("num_steps", None, "Decoding steps (default: the config's).")
 _TEMP = flags.DEFINE_float("temperature", None, "Temperature (default: the config's).")
+_TIME_BIAS = flags.DEFINE_float("time_bias", None, "Time bias (default: the config's).")
 _BATCH = flags.DEFINE_integer("batch_size", 16, "Clips generated together.")
 
 
@@ -48,7 +50,7 @@ def main(argv: Sequence[str]) -> None:
 
     report = evaluate(_TOKENIZER.value, _WORKDIR.value, _OUTPUT_DIR.value, _CLIPS.value,
                       _STORIES.value, _LENGTH.value, _SEED.value, _COND.value, _SCALE.value,
-                      _STEPS.value, _TEMP.value, _BATCH.value)
+                      _STEPS.value, _TEMP.value, _BATCH.value, _TIME_BIAS.value)
     sys.stdout.write(json.dumps({**report["summary"],
                                  "report": os.path.join(_OUTPUT_DIR.value, "eval_report.json"),
                                  "contact_sheet": report["contact_sheet"]}) + "\n")

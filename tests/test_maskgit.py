@@ -173,6 +173,34 @@ def test_schedule_decides_the_cosine_share_per_step():
     assert masked_counts == expected
 
 
+def test_a_time_bias_decides_earlier_token_frames_first():
+    """With a bias far above any log-probability, no token of frame j is decided while one
+    of an earlier frame is still masked; with none, decisions land in every frame at once."""
+    vocab, steps = 17, 12
+    base = _random_logits_fn(vocab)
+    frame = np.repeat(np.arange(6), S)
+
+    def decided_frames(bias):
+        seen = []
+
+        def fn(tokens, drop):
+            jax.debug.callback(lambda t: seen.append(np.asarray(t)), tokens)
+            return base(tokens, drop)
+
+        out = decode.parallel_decode(fn, jnp.zeros((1, N), jnp.int32), jnp.zeros((1, N), bool),
+                                     jax.random.key(3), steps, 1.0, 1.0, vocab,
+                                     order_bias=-bias * jnp.asarray(frame, jnp.float32))
+        assert (np.asarray(out) < vocab).all()
+        return [t[0] != vocab for t in seen] + [np.ones(N, bool)]  # row 0: the conditional
+
+    for done in decided_frames(1e3):
+        started = sorted(set(frame[done]))
+        finished = [j for j in range(6) if done[frame == j].all()]
+        assert started[:-1] == finished[:len(started) - 1], (started, finished)
+    half = decided_frames(0.0)[steps // 2]
+    assert len(set(frame[half])) > 2 and not half.all()  # plain MaskGIT: all over the clip
+
+
 def test_rows_with_their_own_keys_do_not_depend_on_their_batch():
     vocab = 17
     fn = _random_logits_fn(vocab)

@@ -33,7 +33,7 @@ def guided_logits(cond: Array, uncond: Array, guidance_scale: Array | float) -> 
 
 def parallel_decode(logits_fn: LogitsFn, known_ids: Array, known: Array, rng: Array,
                     num_steps: int, guidance_scale: Array | float, temperature: Array | float,
-                    mask_id: int) -> Array:
+                    mask_id: int, order_bias: Array | float = 0.0) -> Array:
     """Fills every unknown token.
 
     Args:
@@ -48,6 +48,8 @@ def parallel_decode(logits_fn: LogitsFn, known_ids: Array, known: Array, rng: Ar
       temperature: sampling temperature; it also scales the Gumbel noise added to the
         confidences, annealed linearly to 0 over the steps (0: greedy, no noise).
       mask_id: the mask token id (= vocabulary size).
+      order_bias: added to every token's confidence, [N] or [B, N] (e.g. minus a multiple
+        of its token frame, so that earlier frames are decided first; 0: plain MaskGIT).
 
     Returns:
       int32 [B, N]: `known_ids` where `known`, sampled tokens elsewhere.
@@ -77,7 +79,7 @@ def parallel_decode(logits_fn: LogitsFn, known_ids: Array, known: Array, rng: Ar
         log_probs = jax.nn.log_softmax(logits, axis=-1)
         confidence = jnp.take_along_axis(log_probs, sampled[..., None], -1)[..., 0]
         anneal = 1.0 - (s + 1.0) / num_steps
-        confidence = confidence + temperature * anneal * noise
+        confidence = confidence + temperature * anneal * noise + order_bias
 
         masked = tokens == mask_id
         confidence = jnp.where(masked, confidence, jnp.inf)

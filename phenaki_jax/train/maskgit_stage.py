@@ -122,6 +122,8 @@ def validate(config: ml_collections.ConfigDict, purpose: str = "train") -> None:
     if config.sampling.guidance_scale < 0 or config.sampling.temperature < 0:
         raise config_lib.ConfigError(
             "config.sampling.guidance_scale and config.sampling.temperature must be >= 0")
+    if config.sampling.get("time_bias", 0.0) < 0:
+        raise config_lib.ConfigError("config.sampling.time_bias must be >= 0")
     for f in ("image_fraction", "continuation_fraction"):
         if not 0 <= config.data[f] <= 1:
             raise config_lib.ConfigError(f"config.data.{f} must be in [0, 1]")
@@ -554,8 +556,10 @@ class MaskGITStage:
     # -- sampling ---------------------------------------------------------------------------
     def sample_ids(self, state: state_lib.TrainState, batch: dict[str, Array],
                    known_ids: Array, known: Array, rng: Array, num_steps: int,
-                   guidance_scale: Array | float, temperature: Array | float) -> Array:
-        """Parallel decoding of [B, t, h, w] token ids under the batch's text."""
+                   guidance_scale: Array | float, temperature: Array | float,
+                   time_bias: Array | float = 0.0) -> Array:
+        """Parallel decoding of [B, t, h, w] token ids under the batch's text; `time_bias`
+        lowers the confidence of token frame j by j * time_bias (earlier frames first)."""
         params = self.inference_params(state)
         context, context_mask = self.encode_text(state, batch, params)
         b = known_ids.shape[0]
@@ -569,8 +573,15 @@ class MaskGITStage:
 
         out = decode.parallel_decode(
             logits_fn, known_ids.reshape(b, -1), known.reshape(b, -1), rng, num_steps,
-            guidance_scale, temperature, self.model.mask_id)
+            guidance_scale, temperature, self.model.mask_id,
+            order_bias=-jnp.asarray(time_bias, jnp.float32) * self._token_frame)
         return out.reshape(b, *self.grid)
+
+    @property
+    def _token_frame(self) -> Array:
+        """[N]: the token frame of each position of the flattened grid."""
+        t, h, w = self.grid
+        return jnp.repeat(jnp.arange(t, dtype=jnp.float32), h * w)
 
     def decode_frames(self, state: state_lib.TrainState, ids: Array) -> Array:
         """Token ids [B, t, h, w] -> uint8 frames [B, T, H, W, 3] with the frozen tokenizer."""
@@ -587,7 +598,8 @@ class MaskGITStage:
         known = jnp.zeros((n, *self.grid), bool)
         ids = self.sample_ids(state, small, jnp.zeros((n, *self.grid), jnp.int32), known,
                               jax.random.key(_EVAL_SEED), c.sampling.num_steps,
-                              c.sampling.guidance_scale, c.sampling.temperature)
+                              c.sampling.guidance_scale, c.sampling.temperature,
+                              c.sampling.get("time_bias", 0.0))
         frames = self.decode_frames(state, ids)
         b, t, h, w, ch = frames.shape
         return frames.transpose(0, 2, 1, 3, 4).reshape(b, h, t * w, ch)
@@ -609,7 +621,7 @@ class MaskGITStage:
         def run(st: Any, bt: Any, key: Array) -> Array:
             return self.sample_ids(st, bt, jnp.zeros((b, *self.grid), jnp.int32), known, key,
                                    c.sampling.num_steps, c.sampling.guidance_scale,
-                                   c.sampling.temperature)
+                                   c.sampling.temperature, c.sampling.get("time_bias", 0.0))
 
         t0 = time.perf_counter()
         compiled = run.lower(state, batch, jax.random.key(0)).compile()
