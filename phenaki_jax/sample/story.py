@@ -162,7 +162,7 @@ class StoryDecoder:
                                                              tokenizer=tconfig)
         tok_vars = {"params": tstage.inference_params(tstate), **tstate.model_state}
         # The transformer holds a copy of the tokenizer it learned; every parameter must match
-        # (an FSQ tokenizer has no codebook to compare, and two VQ tokenizers may share one).
+        # (two tokenizers may share a codebook and differ elsewhere).
         own = jax.tree_util.tree_leaves_with_path(jax.device_get(tok_vars["params"]))
         trained = jax.tree_util.tree_leaves(jax.device_get(state.aux["tokenizer"]["params"]))
         differ = ["the parameter trees"] if len(own) != len(trained) else [
