@@ -71,7 +71,15 @@ def all_finite(tree: Any) -> jax.Array:
 
 
 def select_tree(pred: jax.Array, on_true: Any, on_false: Any) -> Any:
-    return jax.tree.map(lambda a, b: jnp.where(pred, a, b), on_true, on_false)
+    """`on_true` if the scalar `pred` else `on_false`, for two trees of the same structure.
+
+    One `lax.cond` rather than a `where` per leaf: `pred` is usually `all_finite` of many
+    leaves, which XLA rewrites into a chain of scalar ANDs and then copies into every leaf's
+    select fusion. For a width-32 tokenizer step that was 43,000 ANDs in 125,000 lines of
+    optimised HLO and 33 s of XLA:CPU compilation; with the cond, 32,000 lines and 9 s, and
+    the step runs as fast.
+    """
+    return jax.lax.cond(pred, lambda: on_true, lambda: on_false)
 
 
 def ema_update(ema: Any, params: Any, decay: float) -> Any:
