@@ -21,10 +21,12 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check phenaki_jax configs tests benchmarks
 
 # The commands re-execute themselves with this glibc tunable (phenaki_jax/cli.py); the tests
-# that train in the pytest process itself get it here.
+# that train in the pytest process itself get it here. Two xdist workers, a module each at a
+# time (module fixtures are built once): much of a test's time is single-threaded (imports,
+# XLA compilation, checkpoint I/O), so two keep both cores busy.
 test: $(STAMP) lint
 	GLIBC_TUNABLES=$${GLIBC_TUNABLES:+$$GLIBC_TUNABLES:}glibc.malloc.hugetlb=1 \
-		$(PY) -m pytest -q -x --durations=15 tests
+		$(PY) -m pytest -q -x -n 2 --dist loadscope --durations=15 tests
 
 demo: $(STAMP)
 	$(PY) -m phenaki_jax.demo --workdir=$(DEMO)

@@ -34,7 +34,7 @@ setup(
         "tensorstore==0.1.86",
         "tensorboardX==2.6.5",
     ],
-    extras_require={"test": ["pytest==9.2.0", "ruff==0.17.6"]},
+    extras_require={"test": ["pytest==9.2.0", "pytest-xdist==3.8.0", "ruff==0.17.6"]},
     entry_points={
         "console_scripts": [
             "phenaki-train=phenaki_jax.train.main:run",

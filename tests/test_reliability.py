@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import ROOT
+from conftest import ROOT, subprocess_env
 
 pytestmark = pytest.mark.slow
 
@@ -27,7 +27,7 @@ def train_cmd(workdir, *extra):
 
 
 def env():
-    return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    return subprocess_env()
 
 
 def losses(workdir):

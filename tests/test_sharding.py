@@ -2,12 +2,11 @@
 device, and parameters really are split along `model`."""
 
 import json
-import os
 import subprocess
 import sys
 
 import numpy as np
-from conftest import ROOT
+from conftest import ROOT, subprocess_env
 
 SCRIPT = r"""
 import json, sys
@@ -45,8 +44,7 @@ with sharding.axis_rules(), mesh:
 
 
 def _run(devices, data, model, script=SCRIPT):
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2",
-           "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+    env = subprocess_env(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
     proc = subprocess.run([sys.executable, "-c", script.format(root=ROOT, data=data,
                                                                model=model)],
                           env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
@@ -72,14 +70,13 @@ def test_checkpoint_from_8_device_mesh_resumes_on_one_device(tmp_path):
               "--config.model.width=32", "--config.model.mlp_dim=64",
               "--config.log_every_steps=1", "--config.checkpoint_every_steps=3",
               "--config.eval_batches=1", f"--workdir={tmp_path}"]
-    env8 = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2",
-            "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    env8 = subprocess_env(XLA_FLAGS="--xla_force_host_platform_device_count=8")
     first = subprocess.run([sys.executable, "-m", "phenaki_jax.train", *common,
                             "--config.total_steps=3", "--config.mesh.data=4",
                             "--config.mesh.model=2"],
                            env=env8, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stderr[-3000:]
-    env1 = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env1 = subprocess_env()
     second = subprocess.run([sys.executable, "-m", "phenaki_jax.train", *common,
                              "--config.total_steps=5"],
                             env=env1, cwd=ROOT, capture_output=True, text=True, timeout=600)
