@@ -11,7 +11,8 @@ import time
 
 import numpy as np
 import pytest
-from conftest import ROOT, subprocess_env
+from conftest import ROOT
+from conftest import subprocess_env as env
 
 pytestmark = pytest.mark.slow
 
@@ -24,10 +25,6 @@ MICRO = ["--config=configs/cvivit.py:variant=tiny", "--config.total_steps=40",
 
 def train_cmd(workdir, *extra):
     return [sys.executable, "-m", "phenaki_jax.train", *MICRO, f"--workdir={workdir}", *extra]
-
-
-def env():
-    return subprocess_env()
 
 
 def losses(workdir):
