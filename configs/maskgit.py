@@ -99,7 +99,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # as well as 48 and better than 6 (40%) or 12 (50%).
     c.sampling.num_steps = 24 if tiny else 12
     c.sampling.guidance_scale = 1.0 if tiny else 4.0
-    c.sampling.temperature = 1.0
+    # Token temperature and the noise on the confidences that choose which sampled tokens stay
+    # (MaskGIT's choice temperature, annealed to 0). tiny, measured on the demo's models
+    # (240 in-distribution clips each): temperature 1 with noise 1 gave clips continuous 68% of
+    # the time; 0.5 with 4.5 gave 84% with the same adherence (66% vs 65%), and 3-prompt
+    # stories as often continuous (53%) - a story needs every segment continuous.
+    c.sampling.temperature = 0.5 if tiny else 1.0
+    c.sampling.choice_temperature = 4.5
     # Confidence handicap per token frame (0: plain MaskGIT, every frame at once; large: one
     # token frame after another, each decided knowing the earlier ones).
     c.sampling.time_bias = 0.0

@@ -37,6 +37,8 @@ _COND = flags.DEFINE_integer("cond_frames", 5, "K: frames re-encoded as known to
 _SCALE = flags.DEFINE_float("guidance_scale", None, "Classifier-free guidance (default: config).")
 _STEPS = flags.DEFINE_integer("num_steps", None, "Decoding steps (default: config).")
 _TEMP = flags.DEFINE_float("temperature", None, "Sampling temperature (default: config).")
+_CHOICE = flags.DEFINE_float("choice_temperature", None, "Noise on the confidences that choose "
+                             "which tokens to keep (default: config).")
 _TIME_BIAS = flags.DEFINE_float("time_bias", None, "Earlier token frames first: confidence "
                                 "handicap per token frame (default: config).")
 _BATCH = flags.DEFINE_integer("batch_size", 8, "Stories generated together (--stories).")
@@ -70,7 +72,7 @@ def main(argv: Sequence[str]) -> None:
     logging.set_verbosity(logging.INFO)
     decoder = StoryDecoder(_TOKENIZER.value, _WORKDIR.value, _COND.value, _STEPS.value,
                            _SCALE.value, _TEMP.value, _BATCH.value if batch else 1,
-                           _TIME_BIAS.value)
+                           _TIME_BIAS.value, _CHOICE.value)
     for s in stories:  # unreadable images fail before anything is generated
         if s.image:
             decoder.load_image(s.image)

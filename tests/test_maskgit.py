@@ -201,6 +201,48 @@ def test_a_time_bias_decides_earlier_token_frames_first():
     assert len(set(frame[half])) > 2 and not half.all()  # plain MaskGIT: all over the clip
 
 
+def test_choice_temperature_chooses_which_tokens_stay_not_what_they_are():
+    """Greedy tokens (temperature 0): without confidence noise the first step keeps exactly the
+    NumPy top-k of the guided log-probabilities; with large noise it keeps other positions, but
+    every kept token is still the greedy one. Unset, the noise follows the temperature."""
+    vocab, steps, s = 17, 6, 1.5
+    fn = _random_logits_fn(vocab)
+    ids, known = jnp.zeros((2, N), jnp.int32), jnp.zeros((2, N), bool)
+
+    def first_step(choice):
+        seen = []
+
+        def spy(tokens, drop):
+            jax.debug.callback(lambda t: seen.append(np.asarray(t)), tokens)
+            return fn(tokens, drop)
+
+        decode.parallel_decode(spy, ids, known, jax.random.key(4), steps, s, 0.0, vocab,
+                               choice_temperature=choice)
+        return seen[1][:2]  # the conditional rows fed to step 2
+
+    masked_in = jnp.full((2, N), vocab)
+    cond = np.asarray(fn(masked_in, jnp.zeros((2,), bool)), np.float64)
+    uncond = np.asarray(fn(masked_in, jnp.ones((2,), bool)), np.float64)
+    guided = cond + s * (cond - uncond)
+    log_probs = guided - np.log(np.exp(guided).sum(-1, keepdims=True))
+    greedy, confidence = guided.argmax(-1), log_probs.max(-1)
+    kept = N - int(np.floor(N * np.cos(np.pi / 2 / steps)))
+    top = np.zeros((2, N), bool)
+    np.put_along_axis(top, np.argsort(-confidence, axis=1)[:, :kept], True, axis=1)
+
+    quiet, noisy = first_step(0.0), first_step(1e3)
+    assert ((quiet != vocab) == top).all()
+    assert ((noisy != vocab).sum(1) == kept).all() and ((noisy != vocab) != top).any()
+    for out in (quiet, noisy):
+        assert (out[out != vocab] == greedy[out != vocab]).all()
+    rng = np.random.default_rng(2)
+    known = jnp.asarray(rng.random((2, N)) < 0.3)
+    coupled = decode.parallel_decode(fn, ids, known, jax.random.key(9), steps, s, 0.7, vocab)
+    explicit = decode.parallel_decode(fn, ids, known, jax.random.key(9), steps, s, 0.7, vocab,
+                                      choice_temperature=0.7)
+    assert (np.asarray(coupled) == np.asarray(explicit)).all()
+
+
 def test_rows_with_their_own_keys_do_not_depend_on_their_batch():
     vocab = 17
     fn = _random_logits_fn(vocab)
@@ -222,6 +264,10 @@ def test_config_validation_names_the_field():
     c = load_config("maskgit")
     c.text.encoder = "clip"
     with pytest.raises(config_lib.ConfigError, match="text.encoder"):
+        maskgit_stage.validate(c, "bench")
+    c = load_config("maskgit")
+    c.sampling.choice_temperature = -1.0
+    with pytest.raises(config_lib.ConfigError, match="sampling.choice_temperature"):
         maskgit_stage.validate(c, "bench")
     c = load_config("maskgit")
     with pytest.raises(config_lib.ConfigError, match="tokenizer_workdir"):

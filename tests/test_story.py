@@ -164,6 +164,8 @@ def test_bad_inputs_get_one_line(micro_tokenizer_dir, micro_transformer_dir, tmp
          ["not a transformer"]),
         (story_args(micro_tokenizer_dir, micro_transformer_dir, f"--prompts_file={prompts}",
                     out, "--cond_frames=4"), ["--cond_frames"]),
+        (story_args(micro_tokenizer_dir, micro_transformer_dir, f"--prompts_file={prompts}",
+                    out, "--choice_temperature=-1"), ["--choice_temperature", ">= 0"]),
     ]
     garbage = tmp_path / "broken.png"
     garbage.write_bytes(b"\x89PNG\r\n\x1a\nnot really")

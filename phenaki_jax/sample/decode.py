@@ -4,8 +4,9 @@ Every step predicts all masked tokens at once, keeps the most confident ones and
 rest, so that after step s a fraction cos(pi/2 * (s + 1) / S) of the unknown tokens is still
 masked (none after the last step). Known tokens (the re-encoded frames of a story, or the image
 of image-to-video) are never changed. Classifier-free guidance runs the conditional and the
-unconditional pass as one batch of 2B; `guidance_scale` and `temperature` are traced values, so
-changing them does not recompile: one compilation per (batch, grid, num_steps).
+unconditional pass as one batch of 2B; `guidance_scale`, `temperature` and `choice_temperature`
+are traced values, so changing them does not recompile: one compilation per (batch, grid,
+num_steps).
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ def guided_logits(cond: Array, uncond: Array, guidance_scale: Array | float) -> 
 
 def parallel_decode(logits_fn: LogitsFn, known_ids: Array, known: Array, rng: Array,
                     num_steps: int, guidance_scale: Array | float, temperature: Array | float,
-                    mask_id: int, order_bias: Array | float = 0.0) -> Array:
+                    mask_id: int, order_bias: Array | float = 0.0,
+                    choice_temperature: Array | float | None = None) -> Array:
     """Fills every unknown token.
 
     Args:
@@ -45,11 +47,13 @@ def parallel_decode(logits_fn: LogitsFn, known_ids: Array, known: Array, rng: Ar
         key only, not on what else is in the batch).
       num_steps: decoding steps S (static).
       guidance_scale: classifier-free guidance scale (0: conditional model only).
-      temperature: sampling temperature; it also scales the Gumbel noise added to the
-        confidences, annealed linearly to 0 over the steps (0: greedy, no noise).
+      temperature: the temperature at which each token is sampled (0: greedy).
       mask_id: the mask token id (= vocabulary size).
       order_bias: added to every token's confidence, [N] or [B, N] (e.g. minus a multiple
         of its token frame, so that earlier frames are decided first; 0: plain MaskGIT).
+      choice_temperature: scale of the Gumbel noise added to the confidences that choose which
+        tokens are kept, annealed linearly to 0 over the steps (MaskGIT's "choice
+        temperature"; 0: the most confident first). None: `temperature`, one knob for both.
 
     Returns:
       int32 [B, N]: `known_ids` where `known`, sampled tokens elsewhere.
@@ -60,6 +64,8 @@ def parallel_decode(logits_fn: LogitsFn, known_ids: Array, known: Array, rng: Ar
     num_unknown = jnp.sum(~known, axis=1)  # [B]
     drop = jnp.concatenate([jnp.zeros((b,), bool), jnp.ones((b,), bool)])
     temperature = jnp.asarray(temperature, jnp.float32)
+    choice_temperature = (temperature if choice_temperature is None
+                          else jnp.asarray(choice_temperature, jnp.float32))
     keys = jax.random.split(rng, b) if rng.ndim == 0 else rng
 
     def draws(s: Array, shape: tuple[int, ...]) -> tuple[Array, Array]:
@@ -79,7 +85,7 @@ def parallel_decode(logits_fn: LogitsFn, known_ids: Array, known: Array, rng: Ar
         log_probs = jax.nn.log_softmax(logits, axis=-1)
         confidence = jnp.take_along_axis(log_probs, sampled[..., None], -1)[..., 0]
         anneal = 1.0 - (s + 1.0) / num_steps
-        confidence = confidence + temperature * anneal * noise + order_bias
+        confidence = confidence + choice_temperature * anneal * noise + order_bias
 
         masked = tokens == mask_id
         confidence = jnp.where(masked, confidence, jnp.inf)

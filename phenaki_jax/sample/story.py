@@ -136,7 +136,8 @@ class StoryDecoder:
     def __init__(self, tokenizer_workdir: str, workdir: str, cond_frames: int = 5,
                  num_steps: int | None = None, guidance_scale: float | None = None,
                  temperature: float | None = None, batch_size: int = 8,
-                 time_bias: float | None = None) -> None:
+                 time_bias: float | None = None,
+                 choice_temperature: float | None = None) -> None:
         import jax
 
         from phenaki_jax.models.cvivit import float_to_frames, frames_to_float
@@ -189,10 +190,16 @@ class StoryDecoder:
         self.temperature = config.sampling.temperature if temperature is None else temperature
         self.time_bias = (config.sampling.get("time_bias", 0.0) if time_bias is None
                           else time_bias)
+        # A checkpoint written before `sampling.choice_temperature` existed decoded with the
+        # token temperature scaling the confidence noise too; it keeps doing so.
+        if choice_temperature is None:
+            choice_temperature = config.sampling.get("choice_temperature")
+        self.choice_temperature = (self.temperature if choice_temperature is None
+                                   else choice_temperature)
         if (self.num_steps < 1 or self.guidance_scale < 0 or self.temperature < 0
-                or self.time_bias < 0):
-            raise StoryError("--num_steps must be >= 1, --guidance_scale, --temperature and "
-                             "--time_bias >= 0")
+                or self.time_bias < 0 or self.choice_temperature < 0):
+            raise StoryError("--num_steps must be >= 1, --guidance_scale, --temperature, "
+                             "--choice_temperature and --time_bias >= 0")
         if batch_size < 1:
             raise StoryError("--batch_size must be >= 1")
         self.batch_size = batch_size
@@ -208,10 +215,10 @@ class StoryDecoder:
         @jax.jit
         def generate(st: Any, text_ids: jax.Array, text_mask: jax.Array, known_ids: jax.Array,
                      known: jax.Array, keys: jax.Array, scale: jax.Array, temp: jax.Array,
-                     time_bias: jax.Array) -> jax.Array:
+                     time_bias: jax.Array, choice_temp: jax.Array) -> jax.Array:
             batch = {"text_ids": text_ids, "text_mask": text_mask}
             return stage.sample_ids(st, batch, known_ids, known, keys, steps, scale, temp,
-                                    time_bias)
+                                    time_bias, choice_temp)
 
         @jax.jit
         def decode(tv: Any, ids: jax.Array) -> jax.Array:
@@ -269,6 +276,7 @@ class StoryDecoder:
         scale = np.float32(self.guidance_scale)
         temp = np.float32(self.temperature)
         time_bias = np.float32(self.time_bias)
+        choice_temp = np.float32(self.choice_temperature)
         for rnd in range(rounds):
             t0 = time.time()
             active = [i for i in range(n) if rnd < len(stories[i].prompts)]
@@ -297,7 +305,7 @@ class StoryDecoder:
             keys = jax.numpy.stack([jax.random.fold_in(jax.random.key(sd), rnd)
                                     for sd in seeds])
             ids = self._generate(self.state, text_ids, text_mask, known_ids, known, keys,
-                                 scale, temp, time_bias)
+                                 scale, temp, time_bias, choice_temp)
             frames = np.asarray(jax.device_get(self._decode(self.tok_vars, ids)))
             dt = time.time() - t0
             for i in active:
@@ -318,6 +326,7 @@ class StoryDecoder:
     def settings(self) -> dict[str, Any]:
         return {"cond_frames": self.cond_frames, "guidance_scale": float(self.guidance_scale),
                 "num_steps": int(self.num_steps), "temperature": float(self.temperature),
+                "choice_temperature": float(self.choice_temperature),
                 "time_bias": float(self.time_bias),
                 "resolution": self.resolution, "tokenizer_step": int(self.tokenizer_step),
                 "transformer_step": self.transformer_step}

@@ -124,6 +124,8 @@ def validate(config: ml_collections.ConfigDict, purpose: str = "train") -> None:
             "config.sampling.guidance_scale and config.sampling.temperature must be >= 0")
     if config.sampling.get("time_bias", 0.0) < 0:
         raise config_lib.ConfigError("config.sampling.time_bias must be >= 0")
+    if (config.sampling.get("choice_temperature") or 0.0) < 0:
+        raise config_lib.ConfigError("config.sampling.choice_temperature must be >= 0")
     for f in ("image_fraction", "continuation_fraction"):
         if not 0 <= config.data[f] <= 1:
             raise config_lib.ConfigError(f"config.data.{f} must be in [0, 1]")
@@ -557,9 +559,11 @@ class MaskGITStage:
     def sample_ids(self, state: state_lib.TrainState, batch: dict[str, Array],
                    known_ids: Array, known: Array, rng: Array, num_steps: int,
                    guidance_scale: Array | float, temperature: Array | float,
-                   time_bias: Array | float = 0.0) -> Array:
+                   time_bias: Array | float = 0.0,
+                   choice_temperature: Array | float | None = None) -> Array:
         """Parallel decoding of [B, t, h, w] token ids under the batch's text; `time_bias`
-        lowers the confidence of token frame j by j * time_bias (earlier frames first)."""
+        lowers the confidence of token frame j by j * time_bias (earlier frames first), and
+        `choice_temperature` scales the noise on the confidences (None: `temperature`)."""
         params = self.inference_params(state)
         context, context_mask = self.encode_text(state, batch, params)
         b = known_ids.shape[0]
@@ -574,7 +578,8 @@ class MaskGITStage:
         out = decode.parallel_decode(
             logits_fn, known_ids.reshape(b, -1), known.reshape(b, -1), rng, num_steps,
             guidance_scale, temperature, self.model.mask_id,
-            order_bias=-jnp.asarray(time_bias, jnp.float32) * self._token_frame)
+            order_bias=-jnp.asarray(time_bias, jnp.float32) * self._token_frame,
+            choice_temperature=choice_temperature)
         return out.reshape(b, *self.grid)
 
     @property
@@ -599,7 +604,8 @@ class MaskGITStage:
         ids = self.sample_ids(state, small, jnp.zeros((n, *self.grid), jnp.int32), known,
                               jax.random.key(_EVAL_SEED), c.sampling.num_steps,
                               c.sampling.guidance_scale, c.sampling.temperature,
-                              c.sampling.get("time_bias", 0.0))
+                              c.sampling.get("time_bias", 0.0),
+                              c.sampling.get("choice_temperature"))
         frames = self.decode_frames(state, ids)
         b, t, h, w, ch = frames.shape
         return frames.transpose(0, 2, 1, 3, 4).reshape(b, h, t * w, ch)
@@ -621,7 +627,8 @@ class MaskGITStage:
         def run(st: Any, bt: Any, key: Array) -> Array:
             return self.sample_ids(st, bt, jnp.zeros((b, *self.grid), jnp.int32), known, key,
                                    c.sampling.num_steps, c.sampling.guidance_scale,
-                                   c.sampling.temperature, c.sampling.get("time_bias", 0.0))
+                                   c.sampling.temperature, c.sampling.get("time_bias", 0.0),
+                                   c.sampling.get("choice_temperature"))
 
         t0 = time.perf_counter()
         compiled = run.lower(state, batch, jax.random.key(0)).compile()
