@@ -52,6 +52,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.checkpoint_every_steps = min(5000, max(100, size["total_steps"] // 5))
     c.log_every_steps = 100
     c.eval_batches = 8
+    # Target smoothing of the masked-token cross-entropy (MaskGIT trains with 0.1).
+    c.label_smoothing = 0.0
     # The frozen C-ViViT whose token ids this transformer learns; its codebook size and token
     # grid must equal `tokens.vocab_size` and `tokens.grid` (checked when it is read).
     c.tokenizer_workdir = ""

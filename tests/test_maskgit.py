@@ -54,6 +54,20 @@ def test_masked_cross_entropy_ignores_unmasked_tokens():
         x, jnp.asarray(ids), jnp.asarray(masked))[0])(jnp.asarray(logits))
     assert np.abs(np.asarray(grad)[~masked]).max() == 0.0
     assert np.abs(np.asarray(grad)[masked]).max() > 0.0
+    # Label smoothing e: the cross-entropy against (1 - e) one-hot + e / V, and the gradient
+    # of the mean is softmax - target on the masked tokens (NumPy).
+    e, v = 0.1, logits.shape[-1]
+    target = (1 - e) * np.eye(v)[ids] + e / v
+    smoothed, acc = maskgit_stage.masked_cross_entropy(
+        jnp.asarray(logits), jnp.asarray(ids), jnp.asarray(masked), label_smoothing=e)
+    ref = -((target * logp).sum(-1) * masked).sum() / masked.sum()
+    assert np.isclose(float(smoothed), ref, rtol=1e-5)
+    ref_acc = (((logits.argmax(-1) == ids)) * masked).sum() / masked.sum()
+    assert np.isclose(float(acc), ref_acc)
+    grad = jax.grad(lambda x: maskgit_stage.masked_cross_entropy(
+        x, jnp.asarray(ids), jnp.asarray(masked), label_smoothing=e)[0])(jnp.asarray(logits))
+    ref_grad = (np.exp(logp) - target) * masked[..., None] / masked.sum()
+    assert np.allclose(np.asarray(grad), ref_grad, atol=1e-6)
 
 
 def _tiny_model(vocab=32):
@@ -264,6 +278,10 @@ def test_config_validation_names_the_field():
     c = load_config("maskgit")
     c.text.encoder = "clip"
     with pytest.raises(config_lib.ConfigError, match="text.encoder"):
+        maskgit_stage.validate(c, "bench")
+    c = load_config("maskgit")
+    c.label_smoothing = 1.0
+    with pytest.raises(config_lib.ConfigError, match="label_smoothing"):
         maskgit_stage.validate(c, "bench")
     c = load_config("maskgit")
     c.sampling.choice_temperature = -1.0
