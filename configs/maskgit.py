@@ -52,8 +52,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.checkpoint_every_steps = min(5000, max(100, size["total_steps"] // 5))
     c.log_every_steps = 100
     c.eval_batches = 8
-    # Target smoothing of the masked-token cross-entropy (MaskGIT trains with 0.1).
-    c.label_smoothing = 0.0
+    # Target smoothing of the masked-token cross-entropy, MaskGIT's 0.1. tiny, measured on the
+    # demo's tokenizer (240 clips per set, README "Session 8"): held-out compositions followed
+    # their prompt 37% of the time instead of 13%, in distribution 60% instead of 66%, and
+    # 3-prompt stories were continuous 57-63% of the time instead of 50-53%.
+    c.label_smoothing = 0.1
     # The frozen C-ViViT whose token ids this transformer learns; its codebook size and token
     # grid must equal `tokens.vocab_size` and `tokens.grid` (checked when it is read).
     c.tokenizer_workdir = ""
