@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from conftest import load_config
 
-from phenaki_jax.models import quantizers
+from phenaki_jax.models import layers, quantizers
 from phenaki_jax.models.cvivit import CViViT, token_grid
 
 
@@ -89,6 +89,41 @@ def test_encoder_window_bounds_what_a_token_sees(tiny, radius):
     expected = ((ts == t0) | ((ts > t0) & (ts - t0 <= reach_t))) \
         & (np.abs(hs - a0) <= reach_s) & (np.abs(ws - b0) <= reach_s)
     np.testing.assert_array_equal(moved, expected)
+
+
+def test_self_only_attention_is_the_value_path():
+    """An encoder window of 0 runs attention without logits: the output must be NumPy's
+    x Wv Wo, and output and gradients must equal the masked attention with only the diagonal
+    allowed, whose query and key kernels get no gradient (rounding noise only)."""
+    x = jax.random.normal(jax.random.key(3), (2, 3, 5, 16))
+    fast = layers.Attention(num_heads=2, axis=2, self_only=True)
+    slow = layers.Attention(num_heads=2, axis=2)
+    variables = slow.init(jax.random.key(4), x)
+    assert jax.tree.structure(fast.init(jax.random.key(4), x)) == jax.tree.structure(variables)
+    params = nn.unbox(variables)["params"]
+    wv = np.asarray(params["value"]["kernel"]).reshape(16, 16)
+    wo = np.asarray(params["out"]["kernel"]).reshape(16, 16)
+    ref = np.asarray(x, np.float64) @ wv.astype(np.float64) @ wo.astype(np.float64)
+    diagonal = jnp.eye(5, dtype=bool)
+    y_fast = fast.apply(variables, x)
+    np.testing.assert_allclose(np.asarray(y_fast), ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(slow.apply(variables, x, mask=diagonal)), ref,
+                               rtol=1e-5, atol=1e-5)
+    weights = jax.random.normal(jax.random.key(5), x.shape)
+
+    def loss(v, model, **kw):
+        return jnp.sum(model.apply(v, x, **kw) * weights)
+
+    g_fast = nn.unbox(jax.grad(loss)(variables, fast))["params"]
+    g_slow = nn.unbox(jax.grad(loss)(variables, slow, mask=diagonal))["params"]
+    for name in ("value", "out"):
+        np.testing.assert_allclose(np.asarray(g_fast[name]["kernel"]),
+                                   np.asarray(g_slow[name]["kernel"]), rtol=1e-4, atol=1e-5)
+    for name in ("query", "key"):
+        np.testing.assert_array_equal(np.asarray(g_fast[name]["kernel"]), 0.0)
+        np.testing.assert_allclose(np.asarray(g_slow[name]["kernel"]), 0.0, atol=1e-5)
+    with pytest.raises(ValueError, match="self_only"):
+        fast.apply(variables, x, mask=diagonal)
 
 
 def test_decoder_is_causal(tiny):

@@ -90,17 +90,21 @@ class CViViT(nn.Module):
 
         # Token frames are kept as [B, t, h*w, D] throughout; spatial stacks attend along axis
         # 2, temporal stacks (causally) along axis 1, with no transposes of the stream.
-        def stack(n: int, name: str, axis: int) -> layers.Transformer:
+        def stack(n: int, name: str, axis: int, self_only: bool = False) -> layers.Transformer:
             return layers.Transformer(n, self.num_heads, self.mlp_dim, remat=self.remat,
-                                      axis=axis, dtype=self.dtype, name=name)
+                                      axis=axis, dtype=self.dtype, self_only=self_only,
+                                      name=name)
+
+        # Window 0: each token attends to itself alone, computed without logits or a mask.
+        local = self.encoder_window == 0
 
         self.embed_first = layers.dense(d, ("channels", "embed"), self.dtype, "embed_first")
         self.embed_rest = layers.dense(d, ("channels", "embed"), self.dtype, "embed_rest")
         self.enc_space_pos = self.param("enc_space_pos", emb, (hw, d), jnp.float32)
         self.enc_time_pos = self.param("enc_time_pos", emb, (self.max_token_frames, d),
                                        jnp.float32)
-        self.enc_spatial = stack(self.spatial_layers, "enc_spatial", 2)
-        self.enc_temporal = stack(self.temporal_layers, "enc_temporal", 1)
+        self.enc_spatial = stack(self.spatial_layers, "enc_spatial", 2, local)
+        self.enc_temporal = stack(self.temporal_layers, "enc_temporal", 1, local)
         self.enc_norm = layers.LayerNorm(self.dtype, name="enc_norm")
         self.to_code = layers.dense(self.code_dim, ("embed", "code"), jnp.float32, "to_code")
         self.quantizer = quantizers.FactorizedVQ(self.codebook_size, self.code_dim,
@@ -151,12 +155,13 @@ class CViViT(nn.Module):
     # -- factorized attention ---------------------------------------------------------------
     def _spatial(self, x: Array, stack: layers.Transformer, window: int = -1) -> Array:
         b, t, h, w, d = x.shape
-        mask = None if window < 0 else window_mask(h, w, window)
+        mask = None if window < 0 or stack.self_only else window_mask(h, w, window)
         return stack(x.reshape(b, t, h * w, d), mask=mask).reshape(b, t, h, w, d)
 
     def _temporal(self, x: Array, stack: layers.Transformer, window: int = -1) -> Array:
         b, t, h, w, d = x.shape
-        y = stack(x.reshape(b, t, h * w, d), mask=layers.causal_mask(t, window)[0])
+        mask = None if stack.self_only else layers.causal_mask(t, window)[0]
+        y = stack(x.reshape(b, t, h * w, d), mask=mask)
         return y.reshape(b, t, h, w, d)
 
     def _check_frames(self, t: int) -> int:

@@ -100,15 +100,22 @@ class Attention(nn.Module):
 
     `mask` broadcasts to the logits [<other token dims>, heads, q_len, kv_len]; True = attend.
     With `context`, x must be [B, Lq, D] and context [B, Lk, D'] (cross-attention).
+    `self_only`: every token attends to itself alone (an encoder window of 0). The softmax over
+    one key is exactly 1, so the output is out(value(x)): the masked form's function without
+    its logits. The query and key kernels are still created (one checkpoint layout whatever the
+    window) but get no gradient, where the masked form gave them rounding noise only.
     """
 
     num_heads: int
     axis: int = -2
     dtype: Dtype = jnp.float32
+    self_only: bool = False
 
     @nn.compact
     def __call__(self, x: Array, context: Array | None = None,
                  mask: Array | None = None) -> Array:
+        if self.self_only and (context is not None or mask is not None):
+            raise ValueError("self_only attention takes neither a context nor a mask")
         context = x if context is None else context
         width = x.shape[-1]
         head_dim = width // self.num_heads
@@ -119,9 +126,17 @@ class Attention(nn.Module):
                 kernel_init=nn.with_logical_partitioning(_dense_init, ("embed", "heads", "kv")),
             )(inputs)
 
+        def out_proj(heads: Array) -> Array:
+            return nn.DenseGeneral(
+                width, axis=(-2, -1), dtype=self.dtype, name="out", use_bias=False,
+                kernel_init=nn.with_logical_partitioning(_dense_init, ("heads", "kv", "embed")),
+            )(heads)
+
         q = proj("query", x) * (head_dim ** -0.5)
         k = proj("key", context)
         v = proj("value", context)
+        if self.self_only:  # q and k are dead code here; XLA drops their matmuls
+            return out_proj(v)
         logits_spec, out_spec, logits_axes = _attention_specs(
             x.ndim, self.axis if self.axis >= 0 else x.ndim + self.axis)
         logits = jnp.einsum(logits_spec, q, k).astype(jnp.float32)
@@ -134,11 +149,7 @@ class Attention(nn.Module):
         inv_sum = jnp.einsum(f"{logits_axes[:-1]}->{out_spec.split('->')[1][:-1]}",
                              1.0 / unnormalized.sum(-1))
         out = jnp.einsum(out_spec, unnormalized.astype(self.dtype), v)
-        out = out * inv_sum[..., None].astype(self.dtype)
-        return nn.DenseGeneral(
-            width, axis=(-2, -1), dtype=self.dtype, name="out", use_bias=False,
-            kernel_init=nn.with_logical_partitioning(_dense_init, ("heads", "kv", "embed")),
-        )(out)
+        return out_proj(out * inv_sum[..., None].astype(self.dtype))
 
 
 class Mlp(nn.Module):
@@ -167,6 +178,7 @@ class Block(nn.Module):
     cross_attention: bool = False
     axis: int = -2
     dtype: Dtype = jnp.float32
+    self_only: bool = False
 
     @nn.compact
     def __call__(self, x: Array, mask: Array | None = None, context: Array | None = None,
@@ -174,7 +186,8 @@ class Block(nn.Module):
         names = _activation_axes(x.ndim)
         x = nn.with_logical_constraint(x, names)
         h = LayerNorm(self.dtype, name="ln_attn")(x)
-        x = x + Attention(self.num_heads, self.axis, self.dtype, name="attn")(h, mask=mask)
+        x = x + Attention(self.num_heads, self.axis, self.dtype, self.self_only,
+                          name="attn")(h, mask=mask)
         if self.cross_attention:
             h = LayerNorm(self.dtype, name="ln_cross")(x)
             x = x + Attention(self.num_heads, dtype=self.dtype, name="cross")(
@@ -194,7 +207,8 @@ def _activation_axes(ndim: int) -> tuple[str, ...]:
 
 
 class Transformer(nn.Module):
-    """A stack of `Block`s over [B, L, D]; `remat` trades compute for activation memory."""
+    """A stack of `Block`s over [B, L, D]; `remat` trades compute for activation memory;
+    `self_only`: every token attends to itself alone (see `Attention`)."""
 
     num_layers: int
     num_heads: int
@@ -203,6 +217,7 @@ class Transformer(nn.Module):
     remat: bool = False
     axis: int = -2
     dtype: Dtype = jnp.float32
+    self_only: bool = False
 
     @nn.compact
     def __call__(self, x: Array, mask: Array | None = None, context: Array | None = None,
@@ -210,7 +225,8 @@ class Transformer(nn.Module):
         block = nn.remat(Block) if self.remat else Block
         for i in range(self.num_layers):
             x = block(self.num_heads, self.mlp_dim, self.cross_attention, self.axis,
-                      self.dtype, name=f"block_{i}")(x, mask, context, context_mask)
+                      self.dtype, self.self_only, name=f"block_{i}")(x, mask, context,
+                                                                     context_mask)
         return x
 
 
