@@ -114,6 +114,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Confidence handicap per token frame (0: plain MaskGIT, every frame at once; large: one
     # token frame after another, each decided knowing the earlier ones).
     c.sampling.time_bias = 0.0
+    # After decoding, re-predict each token frame from all the others, frames in order, this
+    # many times over. tiny, measured on the demo's models (phenaki-eval seed 7, 120 clips, 40
+    # stories): 0 -> 1 sweep took stories continuous from 62% to 80%, held-out compositions
+    # from 39% to 52%, in distribution from 68% to 74%, for 6 more model passes on 24. Not
+    # measured on the larger variants, so they keep plain MaskGIT.
+    c.sampling.refine_sweeps = 1 if tiny else 0
 
     if args.runlocal:
         config_lib.apply_runlocal(c)

@@ -2,7 +2,7 @@
 
 `phenaki-eval --tokenizer_workdir=DIR --workdir=DIR2 --output_dir=OUT [--clips=N]
 [--stories=M] [--story_length=P] [--seed=S] [--guidance_scale=G] [--num_steps=N]
-[--temperature=T] [--choice_temperature=C] [--time_bias=B]`
+[--temperature=T] [--choice_temperature=C] [--time_bias=B] [--refine_sweeps=R]`
 
 Generates single-prompt clips in distribution, single-prompt clips of the held-out
 compositions and multi-prompt stories with the story decoder, judges them
@@ -36,6 +36,8 @@ _TEMP = flags.DEFINE_float("temperature", None, "Temperature (default: the confi
 _TIME_BIAS = flags.DEFINE_float("time_bias", None, "Time bias (default: the config's).")
 _CHOICE = flags.DEFINE_float("choice_temperature", None,
                              "Confidence noise (default: the config's).")
+_REFINE = flags.DEFINE_integer("refine_sweeps", None,
+                               "Token-frame revisits (default: the config's).")
 _BATCH = flags.DEFINE_integer("batch_size", 16, "Clips generated together.")
 
 
@@ -53,7 +55,7 @@ def main(argv: Sequence[str]) -> None:
     report = evaluate(_TOKENIZER.value, _WORKDIR.value, _OUTPUT_DIR.value, _CLIPS.value,
                       _STORIES.value, _LENGTH.value, _SEED.value, _COND.value, _SCALE.value,
                       _STEPS.value, _TEMP.value, _BATCH.value, _TIME_BIAS.value,
-                      _CHOICE.value)
+                      _CHOICE.value, _REFINE.value)
     sys.stdout.write(json.dumps({**report["summary"],
                                  "report": os.path.join(_OUTPUT_DIR.value, "eval_report.json"),
                                  "contact_sheet": report["contact_sheet"]}) + "\n")

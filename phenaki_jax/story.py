@@ -41,6 +41,8 @@ _CHOICE = flags.DEFINE_float("choice_temperature", None, "Noise on the confidenc
                              "which tokens to keep (default: config).")
 _TIME_BIAS = flags.DEFINE_float("time_bias", None, "Earlier token frames first: confidence "
                                 "handicap per token frame (default: config).")
+_REFINE = flags.DEFINE_integer("refine_sweeps", None, "Passes that re-predict each token frame "
+                               "from all the others after decoding (default: config).")
 _BATCH = flags.DEFINE_integer("batch_size", 8, "Stories generated together (--stories).")
 _FORMAT = flags.DEFINE_enum("format", "mp4", ["mp4", "gif"], "Video format of --stories.")
 
@@ -72,7 +74,7 @@ def main(argv: Sequence[str]) -> None:
     logging.set_verbosity(logging.INFO)
     decoder = StoryDecoder(_TOKENIZER.value, _WORKDIR.value, _COND.value, _STEPS.value,
                            _SCALE.value, _TEMP.value, _BATCH.value if batch else 1,
-                           _TIME_BIAS.value, _CHOICE.value)
+                           _TIME_BIAS.value, _CHOICE.value, _REFINE.value)
     for s in stories:  # unreadable images fail before anything is generated
         if s.image:
             decoder.load_image(s.image)

@@ -257,6 +257,57 @@ def test_choice_temperature_chooses_which_tokens_stay_not_what_they_are():
     assert (np.asarray(coupled) == np.asarray(explicit)).all()
 
 
+def test_refine_frames_is_a_sweep_over_token_frames_in_order():
+    """NumPy reference: for each token frame in order (twice over), mask its unknown tokens,
+    run the guided model, keep its argmax there. Frames with no unknown token in any row are
+    not run at all; known tokens never change."""
+    vocab, fs, sweeps, s = 11, 16, 2, 1.5
+    rng = np.random.default_rng(5)
+    w, u = rng.standard_normal((N, vocab)), rng.standard_normal((N, vocab))
+    a, e = 0.3 * rng.standard_normal((N, N)), rng.standard_normal((vocab + 1, vocab))
+
+    def np_logits(tokens, drop):  # every position sees every other position's token
+        return 3 * w[None] + np.einsum("ij,bjv->biv", a, e[tokens]) + drop[:, None, None] * u
+
+    calls = []
+
+    def fn(tokens, drop):
+        jax.debug.callback(lambda t: calls.append(np.asarray(t)), tokens)
+        mixed = jnp.einsum("ij,bjv->biv", jnp.asarray(a, jnp.float32),
+                           jnp.asarray(e, jnp.float32)[tokens])
+        return (3 * jnp.asarray(w, jnp.float32)[None] + mixed
+                + jnp.where(drop[:, None, None], jnp.asarray(u, jnp.float32)[None], 0.0))
+
+    tokens = rng.integers(0, vocab, (2, N))
+    known = np.zeros((2, N), bool)
+    known[0, :3 * fs], known[1, :fs], known[:, 5 * fs:] = True, True, True  # frames 0, 5 done
+    out = np.asarray(decode.refine_frames(fn, jnp.asarray(tokens, jnp.int32),
+                                          jnp.asarray(known), fs, sweeps, s, vocab))
+
+    frame = np.arange(N) // fs
+    ref, runs = tokens.copy(), 0
+    for _ in range(sweeps):
+        for j in range(N // fs):
+            redo = ~known & (frame == j)[None]
+            if not redo.any():
+                continue
+            runs += 1
+            masked = np.where(redo, vocab, ref)
+            lg = np_logits(np.concatenate([masked, masked]), np.array([0, 0, 1, 1]))
+            ref = np.where(redo, (lg[:2] + s * (lg[:2] - lg[2:])).argmax(-1), ref)
+    assert runs == 2 * 4 and len(calls) == runs
+    assert (out == ref).all() and (out[known] == tokens[known]).all()
+    assert (out != tokens).any()  # the sweep did change something: not vacuous
+    # parallel_decode hands its result to the sweep when asked.
+    ids = jnp.asarray(tokens, jnp.int32)
+    plain = decode.parallel_decode(fn, ids, jnp.asarray(known), jax.random.key(1), 3, s, 0.5,
+                                   vocab)
+    refined = decode.parallel_decode(fn, ids, jnp.asarray(known), jax.random.key(1), 3, s, 0.5,
+                                     vocab, refine_sweeps=sweeps, frame_size=fs)
+    again = decode.refine_frames(fn, plain, jnp.asarray(known), fs, sweeps, s, vocab)
+    assert (np.asarray(refined) == np.asarray(again)).all()
+
+
 def test_rows_with_their_own_keys_do_not_depend_on_their_batch():
     vocab = 17
     fn = _random_logits_fn(vocab)
@@ -286,6 +337,10 @@ def test_config_validation_names_the_field():
     c = load_config("maskgit")
     c.sampling.choice_temperature = -1.0
     with pytest.raises(config_lib.ConfigError, match="sampling.choice_temperature"):
+        maskgit_stage.validate(c, "bench")
+    c = load_config("maskgit")
+    c.sampling.refine_sweeps = -1
+    with pytest.raises(config_lib.ConfigError, match="sampling.refine_sweeps"):
         maskgit_stage.validate(c, "bench")
     c = load_config("maskgit")
     with pytest.raises(config_lib.ConfigError, match="tokenizer_workdir"):

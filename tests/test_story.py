@@ -41,6 +41,7 @@ def test_three_prompt_story_follows_the_contract(micro_tokenizer_dir, micro_tran
     assert [(s["prompt"], s["start_frame"], s["end_frame"]) for s in manifest["segments"]] == [
         (PROMPTS[0], 0, 11), (PROMPTS[1], 11, 17), (PROMPTS[2], 17, 23)]
     assert manifest["cond_frames"] == 5 and manifest["seed"] == 3
+    assert manifest["refine_sweeps"] == 1  # the tiny config's
     import av
 
     with av.open(out) as container:
@@ -166,6 +167,8 @@ def test_bad_inputs_get_one_line(micro_tokenizer_dir, micro_transformer_dir, tmp
                     out, "--cond_frames=4"), ["--cond_frames"]),
         (story_args(micro_tokenizer_dir, micro_transformer_dir, f"--prompts_file={prompts}",
                     out, "--choice_temperature=-1"), ["--choice_temperature", ">= 0"]),
+        (story_args(micro_tokenizer_dir, micro_transformer_dir, f"--prompts_file={prompts}",
+                    out, "--refine_sweeps=-1"), ["--refine_sweeps", ">= 0"]),
     ]
     garbage = tmp_path / "broken.png"
     garbage.write_bytes(b"\x89PNG\r\n\x1a\nnot really")

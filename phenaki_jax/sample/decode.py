@@ -6,7 +6,12 @@ masked (none after the last step). Known tokens (the re-encoded frames of a stor
 of image-to-video) are never changed. Classifier-free guidance runs the conditional and the
 unconditional pass as one batch of 2B; `guidance_scale`, `temperature` and `choice_temperature`
 are traced values, so changing them does not recompile: one compilation per (batch, grid,
-num_steps).
+num_steps, refine_sweeps).
+
+After the schedule, `refine_frames` can revisit the result one token frame at a time: each
+frame's unknown tokens are masked again and re-predicted, greedily, from every other frame.
+Parallel decoding decides a frame's tokens while its neighbours are still mostly masked; the
+revisit lets each frame agree with both of its now-decided neighbours.
 """
 
 from __future__ import annotations
@@ -35,7 +40,8 @@ def guided_logits(cond: Array, uncond: Array, guidance_scale: Array | float) -> 
 def parallel_decode(logits_fn: LogitsFn, known_ids: Array, known: Array, rng: Array,
                     num_steps: int, guidance_scale: Array | float, temperature: Array | float,
                     mask_id: int, order_bias: Array | float = 0.0,
-                    choice_temperature: Array | float | None = None) -> Array:
+                    choice_temperature: Array | float | None = None,
+                    refine_sweeps: int = 0, frame_size: int | None = None) -> Array:
     """Fills every unknown token.
 
     Args:
@@ -102,4 +108,51 @@ def parallel_decode(logits_fn: LogitsFn, known_ids: Array, known: Array, rng: Ar
         return jnp.where(remask, mask_id, filled)
 
     tokens = jax.lax.fori_loop(0, num_steps, step, tokens0)
-    return jnp.where(known, known_ids, tokens).astype(jnp.int32)
+    tokens = jnp.where(known, known_ids, tokens).astype(jnp.int32)
+    if refine_sweeps:
+        if frame_size is None:
+            raise ValueError("refine_sweeps needs frame_size")
+        tokens = refine_frames(logits_fn, tokens, known, frame_size, refine_sweeps,
+                               guidance_scale, mask_id)
+    return tokens
+
+
+def refine_frames(logits_fn: LogitsFn, tokens: Array, known: Array, frame_size: int,
+                  sweeps: int, guidance_scale: Array | float, mask_id: int) -> Array:
+    """Re-predicts the unknown tokens one token frame at a time, frames in order.
+
+    For each frame j (first to last, `sweeps` times over): mask the unknown tokens of frame j,
+    run the guided model on the rest and put its most likely tokens back there. A frame with
+    no unknown token (in any example) is skipped without running the model, so the re-encoded
+    frames of a story continuation cost nothing.
+
+    Args:
+      logits_fn, guidance_scale, mask_id: as for `parallel_decode`.
+      tokens: int32 [B, N] with no mask ids.
+      known: bool [B, N]; these tokens never change.
+      frame_size: tokens per token frame; N must be a multiple of it.
+      sweeps: passes over all frames (static).
+
+    Returns:
+      int32 [B, N].
+    """
+    b, n = tokens.shape
+    if n % frame_size:
+        raise ValueError(f"{n} tokens are not whole frames of {frame_size}")
+    num_frames = n // frame_size
+    frame_of = jnp.arange(n) // frame_size
+    unknown = ~known.astype(bool)
+    drop = jnp.concatenate([jnp.zeros((b,), bool), jnp.ones((b,), bool)])
+
+    def revisit(r: Array, tokens: Array) -> Array:
+        redo = unknown & (frame_of == r % num_frames)[None]
+
+        def predict(tokens: Array) -> Array:
+            masked = jnp.where(redo, mask_id, tokens)
+            logits = logits_fn(jnp.concatenate([masked, masked]), drop).astype(jnp.float32)
+            best = jnp.argmax(guided_logits(logits[:b], logits[b:], guidance_scale), axis=-1)
+            return jnp.where(redo, best.astype(jnp.int32), tokens)
+
+        return jax.lax.cond(jnp.any(redo), predict, lambda t: t, tokens)
+
+    return jax.lax.fori_loop(0, sweeps * num_frames, revisit, tokens)

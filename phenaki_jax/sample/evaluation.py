@@ -155,7 +155,8 @@ def evaluate(tokenizer_workdir: str, workdir: str, output_dir: str, clips: int =
              guidance_scale: float | None = None, num_steps: int | None = None,
              temperature: float | None = None, batch_size: int = 16,
              time_bias: float | None = None,
-             choice_temperature: float | None = None) -> dict[str, Any]:
+             choice_temperature: float | None = None,
+             refine_sweeps: int | None = None) -> dict[str, Any]:
     """Runs the three sets and writes the report and sheet; returns the report."""
     from PIL import Image
 
@@ -166,7 +167,8 @@ def evaluate(tokenizer_workdir: str, workdir: str, output_dir: str, clips: int =
     if clips < 1 or stories < 1 or story_length < 2:
         raise StoryError("--clips and --stories must be >= 1, --story_length >= 2")
     decoder = StoryDecoder(tokenizer_workdir, workdir, cond_frames, num_steps, guidance_scale,
-                           temperature, batch_size, time_bias, choice_temperature)
+                           temperature, batch_size, time_bias, choice_temperature,
+                           refine_sweeps)
     sets = prompt_sets(seed, clips, stories, story_length)
     image_dir = os.path.join(output_dir, "images")
     os.makedirs(image_dir, exist_ok=True)

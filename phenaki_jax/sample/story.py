@@ -137,7 +137,8 @@ class StoryDecoder:
                  num_steps: int | None = None, guidance_scale: float | None = None,
                  temperature: float | None = None, batch_size: int = 8,
                  time_bias: float | None = None,
-                 choice_temperature: float | None = None) -> None:
+                 choice_temperature: float | None = None,
+                 refine_sweeps: int | None = None) -> None:
         import jax
 
         from phenaki_jax.models.cvivit import float_to_frames, frames_to_float
@@ -200,13 +201,18 @@ class StoryDecoder:
                 or self.time_bias < 0 or self.choice_temperature < 0):
             raise StoryError("--num_steps must be >= 1, --guidance_scale, --temperature, "
                              "--choice_temperature and --time_bias >= 0")
+        # A checkpoint written before `sampling.refine_sweeps` existed decoded without it.
+        self.refine_sweeps = (config.sampling.get("refine_sweeps", 0) if refine_sweeps is None
+                              else refine_sweeps)
+        if self.refine_sweeps < 0:
+            raise StoryError(f"--refine_sweeps must be >= 0, got {self.refine_sweeps}")
         if batch_size < 1:
             raise StoryError("--batch_size must be >= 1")
         self.batch_size = batch_size
         self.grid = tuple(config.tokens.grid)
         self.tokenizer_step = ckpt_lib.Checkpointer(tokenizer_workdir, read_only=True).steps()[-1]
         self.transformer_step = int(jax.device_get(state.step))
-        model, steps = tstage.model, self.num_steps
+        model, steps, sweeps = tstage.model, self.num_steps, self.refine_sweeps
 
         @jax.jit
         def encode(tv: Any, frames: jax.Array) -> jax.Array:
@@ -218,7 +224,7 @@ class StoryDecoder:
                      time_bias: jax.Array, choice_temp: jax.Array) -> jax.Array:
             batch = {"text_ids": text_ids, "text_mask": text_mask}
             return stage.sample_ids(st, batch, known_ids, known, keys, steps, scale, temp,
-                                    time_bias, choice_temp)
+                                    time_bias, choice_temp, sweeps)
 
         @jax.jit
         def decode(tv: Any, ids: jax.Array) -> jax.Array:
@@ -327,6 +333,7 @@ class StoryDecoder:
         return {"cond_frames": self.cond_frames, "guidance_scale": float(self.guidance_scale),
                 "num_steps": int(self.num_steps), "temperature": float(self.temperature),
                 "choice_temperature": float(self.choice_temperature),
+                "refine_sweeps": int(self.refine_sweeps),
                 "time_bias": float(self.time_bias),
                 "resolution": self.resolution, "tokenizer_step": int(self.tokenizer_step),
                 "transformer_step": self.transformer_step}

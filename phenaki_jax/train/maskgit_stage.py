@@ -129,6 +129,10 @@ def validate(config: ml_collections.ConfigDict, purpose: str = "train") -> None:
         raise config_lib.ConfigError("config.sampling.time_bias must be >= 0")
     if (config.sampling.get("choice_temperature") or 0.0) < 0:
         raise config_lib.ConfigError("config.sampling.choice_temperature must be >= 0")
+    sweeps = config.sampling.get("refine_sweeps", 0)
+    if not isinstance(sweeps, int) or isinstance(sweeps, bool) or sweeps < 0:
+        raise config_lib.ConfigError(
+            f"config.sampling.refine_sweeps must be an integer >= 0, got {sweeps!r}")
     for f in ("image_fraction", "continuation_fraction"):
         if not 0 <= config.data[f] <= 1:
             raise config_lib.ConfigError(f"config.data.{f} must be in [0, 1]")
@@ -570,10 +574,12 @@ class MaskGITStage:
                    known_ids: Array, known: Array, rng: Array, num_steps: int,
                    guidance_scale: Array | float, temperature: Array | float,
                    time_bias: Array | float = 0.0,
-                   choice_temperature: Array | float | None = None) -> Array:
+                   choice_temperature: Array | float | None = None,
+                   refine_sweeps: int = 0) -> Array:
         """Parallel decoding of [B, t, h, w] token ids under the batch's text; `time_bias`
-        lowers the confidence of token frame j by j * time_bias (earlier frames first), and
-        `choice_temperature` scales the noise on the confidences (None: `temperature`)."""
+        lowers the confidence of token frame j by j * time_bias (earlier frames first),
+        `choice_temperature` scales the noise on the confidences (None: `temperature`), and
+        `refine_sweeps` (static) revisits every token frame that many times afterwards."""
         params = self.inference_params(state)
         context, context_mask = self.encode_text(state, batch, params)
         b = known_ids.shape[0]
@@ -589,7 +595,8 @@ class MaskGITStage:
             logits_fn, known_ids.reshape(b, -1), known.reshape(b, -1), rng, num_steps,
             guidance_scale, temperature, self.model.mask_id,
             order_bias=-jnp.asarray(time_bias, jnp.float32) * self._token_frame,
-            choice_temperature=choice_temperature)
+            choice_temperature=choice_temperature, refine_sweeps=refine_sweeps,
+            frame_size=self.grid[1] * self.grid[2])
         return out.reshape(b, *self.grid)
 
     @property
@@ -615,7 +622,8 @@ class MaskGITStage:
                               jax.random.key(_EVAL_SEED), c.sampling.num_steps,
                               c.sampling.guidance_scale, c.sampling.temperature,
                               c.sampling.get("time_bias", 0.0),
-                              c.sampling.get("choice_temperature"))
+                              c.sampling.get("choice_temperature"),
+                              c.sampling.get("refine_sweeps", 0))
         frames = self.decode_frames(state, ids)
         b, t, h, w, ch = frames.shape
         return frames.transpose(0, 2, 1, 3, 4).reshape(b, h, t * w, ch)
@@ -638,7 +646,8 @@ class MaskGITStage:
             return self.sample_ids(st, bt, jnp.zeros((b, *self.grid), jnp.int32), known, key,
                                    c.sampling.num_steps, c.sampling.guidance_scale,
                                    c.sampling.temperature, c.sampling.get("time_bias", 0.0),
-                                   c.sampling.get("choice_temperature"))
+                                   c.sampling.get("choice_temperature"),
+                                   c.sampling.get("refine_sweeps", 0))
 
         t0 = time.perf_counter()
         compiled = run.lower(state, batch, jax.random.key(0)).compile()
