@@ -96,6 +96,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Story mode in training: this fraction of video examples keep their first j token frames
     # (j uniform in 1..t-1) unmasked, as known tokens, exactly as the story decoder sets them.
     c.masking.prefix_fraction = 0.3
+    # Of the other videos, this share mask exactly one whole token frame and give the rest:
+    # the question `sampling.refine_sweeps` asks the model after decoding.
+    c.masking.frame_fraction = 0.0
 
     c.sampling = ml_collections.ConfigDict()
     # tiny, measured on a model trained with these defaults (phenaki-eval, 60-120 clips):

@@ -122,6 +122,8 @@ def validate(config: ml_collections.ConfigDict, purpose: str = "train") -> None:
                                      f"got {config.label_smoothing}")
     if not 0 <= config.masking.prefix_fraction <= 1:
         raise config_lib.ConfigError("config.masking.prefix_fraction must be in [0, 1]")
+    if not 0 <= config.masking.get("frame_fraction", 0.0) <= 1:
+        raise config_lib.ConfigError("config.masking.frame_fraction must be in [0, 1]")
     if config.sampling.guidance_scale < 0 or config.sampling.temperature < 0:
         raise config_lib.ConfigError(
             "config.sampling.guidance_scale and config.sampling.temperature must be >= 0")
@@ -188,7 +190,7 @@ def _check_t5(config: ml_collections.ConfigDict) -> None:
 
 
 def mask_tokens(rng: Array, grid: tuple[int, int, int], is_image: Array,
-                prefix_fraction: float) -> tuple[Array, Array]:
+                prefix_fraction: float, frame_fraction: float = 0.0) -> tuple[Array, Array]:
     """MaskGIT training masks for a batch.
 
     Args:
@@ -197,6 +199,9 @@ def mask_tokens(rng: Array, grid: tuple[int, int, int], is_image: Array,
       is_image: int [B], 1 for an image (a one-frame video: only token frame 0 exists).
       prefix_fraction: share of videos whose first j token frames (j uniform in 1..t-1) stay
         unmasked, as the story decoder's known tokens do.
+      frame_fraction: share of the other videos in which exactly one token frame (uniform)
+        is masked, wholly, and every other frame is given, as `decode.refine_frames` asks the
+        model to predict (static; 0 draws no extra random numbers).
 
     Returns:
       (masked, valid), bool [B, N] with N = t*h*w: `masked` tokens are replaced by the mask
@@ -213,8 +218,15 @@ def mask_tokens(rng: Array, grid: tuple[int, int, int], is_image: Array,
     use_prefix = (jax.random.uniform(k_prefix, (b, 1)) < prefix_fraction) & ~image
     prefix_len = jax.random.randint(k_len, (b, 1), 1, max(t, 2)) * s
     eligible = valid & ~(use_prefix & (idx < prefix_len))
-    num_eligible = eligible.sum(1)
     ratio = decode.mask_ratio(jax.random.uniform(k_ratio, (b,)))
+    if frame_fraction:
+        k_frame, k_which = jax.random.split(jax.random.fold_in(rng, 1))
+        use_frame = ((jax.random.uniform(k_frame, (b, 1)) < frame_fraction) & ~image
+                     & ~use_prefix)
+        which = jax.random.randint(k_which, (b, 1), 0, t)
+        eligible = jnp.where(use_frame, idx // s == which, eligible)
+        ratio = jnp.where(use_frame[:, 0], 1.0, ratio)
+    num_eligible = eligible.sum(1)
     num_mask = jnp.clip(jnp.ceil(ratio * num_eligible).astype(jnp.int32), 1, num_eligible)
     scores = jnp.where(eligible, jax.random.uniform(k_scores, (b, n)), 2.0)
     cutoff = jnp.take_along_axis(jnp.sort(scores, axis=1), (num_mask - 1)[:, None], axis=1)
@@ -492,7 +504,8 @@ class MaskGITStage:
         b = ids.shape[0]
         flat = ids.reshape(b, self.num_tokens)
         masked, valid = mask_tokens(k_mask, self.grid, batch["is_image"],
-                                    c.masking.prefix_fraction)
+                                    c.masking.prefix_fraction,
+                                    c.masking.get("frame_fraction", 0.0))
         inputs = jnp.where(masked, self.model.mask_id, flat)
         drop = jax.random.uniform(k_drop, (b,)) < c.text.dropout
 
