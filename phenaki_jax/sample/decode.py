@@ -37,6 +37,15 @@ def guided_logits(cond: Array, uncond: Array, guidance_scale: Array | float) -> 
     return cond + guidance_scale * (cond - uncond)
 
 
+def guided_pass(logits_fn: LogitsFn, tokens: Array, guidance_scale: Array | float) -> Array:
+    """Guided float32 logits [B, N, V] for tokens [B, N]: one model call on the conditional
+    batch followed by the same tokens with the text dropped."""
+    b = tokens.shape[0]
+    drop = jnp.concatenate([jnp.zeros((b,), bool), jnp.ones((b,), bool)])
+    logits = logits_fn(jnp.concatenate([tokens, tokens]), drop).astype(jnp.float32)
+    return guided_logits(logits[:b], logits[b:], guidance_scale)
+
+
 def parallel_decode(logits_fn: LogitsFn, known_ids: Array, known: Array, rng: Array,
                     num_steps: int, guidance_scale: Array | float, temperature: Array | float,
                     mask_id: int, order_bias: Array | float = 0.0,
@@ -68,7 +77,6 @@ def parallel_decode(logits_fn: LogitsFn, known_ids: Array, known: Array, rng: Ar
     known = known.astype(bool)
     tokens0 = jnp.where(known, known_ids, mask_id).astype(jnp.int32)
     num_unknown = jnp.sum(~known, axis=1)  # [B]
-    drop = jnp.concatenate([jnp.zeros((b,), bool), jnp.ones((b,), bool)])
     temperature = jnp.asarray(temperature, jnp.float32)
     choice_temperature = (temperature if choice_temperature is None
                           else jnp.asarray(choice_temperature, jnp.float32))
@@ -82,8 +90,7 @@ def parallel_decode(logits_fn: LogitsFn, known_ids: Array, known: Array, rng: Ar
         return jax.vmap(one)(keys)
 
     def step(s: Array, tokens: Array) -> Array:
-        logits = logits_fn(jnp.concatenate([tokens, tokens]), drop).astype(jnp.float32)
-        logits = guided_logits(logits[:b], logits[b:], guidance_scale)  # [B, N, V]
+        logits = guided_pass(logits_fn, tokens, guidance_scale)  # [B, N, V]
         gumbel, noise = draws(s, logits.shape[1:])
         # argmax(l / T + g) == argmax(l + T g): a categorical sample at temperature T, greedy
         # at T = 0, without dividing by zero.
@@ -136,21 +143,19 @@ def refine_frames(logits_fn: LogitsFn, tokens: Array, known: Array, frame_size: 
     Returns:
       int32 [B, N].
     """
-    b, n = tokens.shape
+    n = tokens.shape[1]
     if n % frame_size:
         raise ValueError(f"{n} tokens are not whole frames of {frame_size}")
     num_frames = n // frame_size
     frame_of = jnp.arange(n) // frame_size
     unknown = ~known.astype(bool)
-    drop = jnp.concatenate([jnp.zeros((b,), bool), jnp.ones((b,), bool)])
 
     def revisit(r: Array, tokens: Array) -> Array:
         redo = unknown & (frame_of == r % num_frames)[None]
 
         def predict(tokens: Array) -> Array:
             masked = jnp.where(redo, mask_id, tokens)
-            logits = logits_fn(jnp.concatenate([masked, masked]), drop).astype(jnp.float32)
-            best = jnp.argmax(guided_logits(logits[:b], logits[b:], guidance_scale), axis=-1)
+            best = jnp.argmax(guided_pass(logits_fn, masked, guidance_scale), axis=-1)
             return jnp.where(redo, best.astype(jnp.int32), tokens)
 
         return jax.lax.cond(jnp.any(redo), predict, lambda t: t, tokens)
