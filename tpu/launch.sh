@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Copies this checkout to every host of a TPU VM slice, installs the pinned environment with
-# TPU jaxlib, and starts the same phenaki-train command on all hosts (JAX initialises the
-# multi-host runtime from the TPU metadata; every host saves its checkpoint shards).
-# Usage: tpu/launch.sh NAME ZONE -- phenaki-train --config=configs/cvivit.py:variant=paper \
+# TPU jaxlib, and starts the same phenaki-train command on all hosts (with --multihost, JAX
+# joins the hosts from the TPU metadata; every host saves its checkpoint shards).
+# Usage: tpu/launch.sh NAME ZONE -- phenaki-train --multihost \
+#          --config=configs/cvivit.py:variant=paper \
 #          --workdir=gs://BUCKET/runs/tok [--config.mesh.model=8 ...]
 set -euo pipefail
 if [ $# -lt 4 ] || [ "$3" != "--" ]; then

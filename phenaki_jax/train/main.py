@@ -12,6 +12,14 @@ from phenaki_jax import cli
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints and metrics go.")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None,
+    "host:port of process 0 for a multi-process run (jax.distributed), with "
+    "--num_processes and --process_id; on TPU VMs and SLURM, --multihost finds them.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes of a multi-process run.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, 0-based.")
+_MULTIHOST = flags.DEFINE_bool(
+    "multihost", False, "Join the multi-process run JAX detects (TPU VM slices, SLURM, MPI).")
 
 
 def main(argv: Sequence[str]) -> None:
@@ -21,6 +29,10 @@ def main(argv: Sequence[str]) -> None:
         raise cli.UsageError("--config is required (e.g. --config=configs/cvivit.py:variant=tiny)")
     if not _WORKDIR.value:
         raise cli.UsageError("--workdir is required")
+    from phenaki_jax import distributed
+
+    distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                           _MULTIHOST.value)
     from phenaki_jax.train import trainer
 
     logging.set_verbosity(logging.INFO)

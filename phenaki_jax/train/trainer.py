@@ -81,14 +81,22 @@ def _first_difference(a: Any, b: Any, prefix: str) -> str | None:
 
 
 class _Preemption:
-    """SIGTERM sets a flag; the loop finishes its step, saves, and returns."""
+    """SIGTERM makes the loop finish its step, save, and return.
+
+    One process: a Python SIGTERM handler sets a flag. Several processes (a TPU pod, or
+    `--num_processes`): JAX's preemption service, which `jax.distributed.initialize` starts,
+    takes the signal on whichever process gets it and agrees with all of them on one step to
+    stop at; a flag per process could stop them at different steps, and a checkpoint saved by
+    some processes only would never complete.
+    """
 
     def __init__(self) -> None:
         self.requested = False
         self._previous: Any = None
+        self._multiprocess = jax.process_count() > 1
 
     def __enter__(self) -> _Preemption:
-        if threading.current_thread() is threading.main_thread():
+        if not self._multiprocess and threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGTERM, self._handler)
         return self
 
@@ -97,16 +105,13 @@ class _Preemption:
         self.requested = True
 
     def should_stop(self, step: int) -> bool:
-        if self.requested:
-            return True
-        if jax.process_count() > 1:
-            # On TPU pods, JAX's preemption service tells every host at the same step.
-            try:
-                from jax.experimental import multihost_utils
+        if not self._multiprocess:
+            return self.requested
+        from jax.experimental import multihost_utils
 
-                return bool(multihost_utils.reached_preemption_sync_point(step))
-            except Exception:  # noqa: BLE001 - not initialised with a preemption service
-                return False
+        if multihost_utils.reached_preemption_sync_point(step):
+            logging.warning("preemption notice: every process stops after step %d", step)
+            return True
         return False
 
     def __exit__(self, *exc: Any) -> None:
@@ -220,7 +225,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 f.write(config.to_json_best_effort(indent=2))
 
         train_step, batch_shardings = jit_train_step(stage, mesh, state_shardings)
-        summary_images = jax.jit(stage.summary_images)  # compiled once, not per evaluation
+        # Compiled once, not per evaluation; replicated so that every process can read it.
+        summary_images = jax.jit(stage.summary_images, out_shardings=sharding.replicated(mesh))
         eval_step = jax.jit(stage.eval_step, in_shardings=(state_shardings, batch_shardings),
                             out_shardings=sharding.replicated(mesh))
         writers = _Writers(workdir)
