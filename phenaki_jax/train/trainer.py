@@ -94,6 +94,13 @@ class _Preemption:
         self.requested = False
         self._previous: Any = None
         self._multiprocess = jax.process_count() > 1
+        if self._multiprocess and not jax.distributed.is_initialized():
+            # E.g. a TPU slice started without --multihost: its hosts run, but nothing can
+            # agree on a step, so SIGTERM keeps its default action (the periodic checkpoints
+            # stay; a half-written one is never listed).
+            logging.warning("%d processes without jax.distributed: SIGTERM will end this run "
+                            "without a checkpoint; start it with --multihost or "
+                            "--coordinator_address", jax.process_count())
 
     def __enter__(self) -> _Preemption:
         if not self._multiprocess and threading.current_thread() is threading.main_thread():
@@ -109,10 +116,10 @@ class _Preemption:
             return self.requested
         from jax.experimental import multihost_utils
 
-        if multihost_utils.reached_preemption_sync_point(step):
+        reached = multihost_utils.reached_preemption_sync_point(step)
+        if reached:
             logging.warning("preemption notice: every process stops after step %d", step)
-            return True
-        return False
+        return bool(reached)
 
     def __exit__(self, *exc: Any) -> None:
         if self._previous is not None:
