@@ -69,11 +69,11 @@ def _launch(workdir: str, logdir) -> list[subprocess.Popen]:
     env = subprocess_env(XLA_FLAGS="")  # one CPU device per process
     procs = []
     for i in range(2):
-        log = open(logdir / f"process{i}.log", "a")
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "phenaki_jax.train", *CONFIG, f"--workdir={workdir}",
-             f"--coordinator_address=localhost:{port}", "--num_processes=2",
-             f"--process_id={i}"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT))
+        with open(logdir / f"process{i}.log", "a") as log:  # the child keeps its own handle
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "phenaki_jax.train", *CONFIG, f"--workdir={workdir}",
+                 f"--coordinator_address=localhost:{port}", "--num_processes=2",
+                 f"--process_id={i}"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT))
     return procs
 
 
@@ -91,6 +91,14 @@ def _wait(procs, logdir, timeout=300):
     return logs
 
 
+def _lines(path: str) -> int:
+    """Complete lines so far of a file another process is appending to (0 if none yet)."""
+    if not os.path.exists(path):
+        return 0
+    with open(path) as f:
+        return f.read().count("\n")
+
+
 def _logged_losses(workdir: str) -> dict[int, float]:
     out = {}
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
@@ -106,7 +114,7 @@ def test_two_processes_preempted_on_one_resume_and_match_one_process(tmp_path):
     metrics = os.path.join(workdir, "metrics.jsonl")
     procs = _launch(workdir, tmp_path)
     deadline = time.time() + 300
-    while not (os.path.exists(metrics) and len(open(metrics).readlines()) >= 3):
+    while _lines(metrics) < 3:
         assert time.time() < deadline and all(p.poll() is None for p in procs), \
             (tmp_path / "process0.log").read_text()[-3000:]
         time.sleep(0.2)

@@ -22,6 +22,7 @@ import jax
 import ml_collections
 import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 
 from phenaki_jax import config_lib, sharding
 from phenaki_jax.data import pipeline
@@ -114,8 +115,6 @@ class _Preemption:
     def should_stop(self, step: int) -> bool:
         if not self._multiprocess:
             return self.requested
-        from jax.experimental import multihost_utils
-
         reached = multihost_utils.reached_preemption_sync_point(step)
         if reached:
             logging.warning("preemption notice: every process stops after step %d", step)
