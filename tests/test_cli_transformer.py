@@ -7,7 +7,7 @@ import os
 import shutil
 
 import numpy as np
-from conftest import MICRO_TRANSFORMER, run_cli
+from conftest import MICRO_TRANSFORMER, load_config, run_cli
 from test_cli_tokenizer import assert_one_line_error
 
 
@@ -50,6 +50,49 @@ def test_resume_from_a_periodic_checkpoint_repeats_the_same_losses(micro_transfo
     assert later
     for s in later:
         np.testing.assert_allclose(resumed[s], reference[s], rtol=1e-5)
+
+
+def test_continuation_context_is_given_in_training_and_evaluation(micro_tokenizer_dir):
+    """A batch's `context_frames` reach the step: with `masking.give_context` the tokens of a
+    continuation's first 5 frames (token frames 0-2) are never masked, in the train step and in
+    the evaluation; without it the masks are the plain ones."""
+    import jax
+
+    from phenaki_jax.train import maskgit_stage
+
+    s = 16  # tokens per token frame (4 x 4)
+    config = load_config("maskgit")
+    config.batch_size, config.model.width, config.model.num_layers = 8, 32, 1
+    config.model.num_heads, config.model.mlp_dim, config.tokens.vocab_size = 2, 64, 256
+    config.text.num_layers, config.text.embed_dim, config.text.mlp_dim = 1, 32, 64
+    tconfig = maskgit_stage.tokenizer_config(micro_tokenizer_dir)
+    rng = np.random.default_rng(0)
+    raw = {"frames": rng.integers(0, 256, (8, 11, 32, 32, 3)).astype(np.uint8),
+           "is_image": np.zeros((8,), np.int32), "text": [b"a red circle moves up"] * 8,
+           "context_frames": np.asarray([5, 0] * 4, np.int32)}
+    shares, counts = {}, {}
+    for give in (True, False):
+        config.masking.give_context = give
+        stage = maskgit_stage.MaskGITStage(config, "train", tokenizer=tconfig)
+        assert ("context_frames" in stage.batch_axes) == give
+        batch = {k: v for k, v in stage.host_batch(raw).items() if k in stage.batch_axes}
+        state = stage.init(jax.random.key(0))
+        counts[give] = float(jax.jit(stage.eval_step)(state, batch)["masked"])
+        shares[give] = float(jax.jit(stage.train_step)(state, batch)[1]["masked_share"])
+    # The same draws as the step's (mask_tokens is checked against NumPy in test_maskgit).
+    given = maskgit_stage.context_token_frames(raw["context_frames"], 2)
+    key = jax.random.split(jax.random.fold_in(jax.random.key(config.seed), 0))[0]
+    ref = {give: np.asarray(maskgit_stage.mask_tokens(
+        key, (6, 4, 4), raw["is_image"], config.masking.prefix_fraction,
+        given_frames=given if give else None)[0]) for give in (True, False)}
+    assert not ref[True][::2, :3 * s].any() and ref[False][::2, :3 * s].any()
+    for give in (True, False):
+        assert np.isclose(shares[give], ref[give].sum() / ref[give].size, rtol=1e-6), (
+            give, shares[give], ref[give].sum() / ref[give].size)
+    eval_ref = {give: np.asarray(maskgit_stage.mask_tokens(
+        jax.random.key(maskgit_stage._EVAL_SEED), (6, 4, 4), raw["is_image"], 0.0,
+        given_frames=given if give else None)[0]).sum() for give in (True, False)}
+    assert counts == eval_ref and counts[True] < counts[False]
 
 
 def test_vocabulary_and_grid_mismatches_are_refused_before_compiling(micro_tokenizer_dir,

@@ -249,3 +249,26 @@ def test_training_on_a_manifest_with_bad_examples_finishes(media, tmp_path):
                    f"--config.data.name=jsonl:{bad}")
     assert_one_line_error(proc, "cli_bad.jsonl", "no usable example")
     assert not os.path.exists(tmp_path / "bad")
+
+
+def test_context_frames_of_a_manifest_line(media):
+    d, _, _ = media
+    entries = [
+        {"video": "v0.mp4", "text": "continues", "context_frames": 5},
+        {"image": "img.png", "text": "an image"},
+        {"video": "v1.mp4", "text": "plain"},
+        {"video": "v1.mp4", "text": "bad: negative", "context_frames": -1},
+        {"video": "v1.mp4", "text": "bad: every frame", "context_frames": 11},
+        {"video": "v1.mp4", "text": "bad: a bool", "context_frames": True},
+        {"video": "v1.mp4", "text": "bad: a string", "context_frames": "5"},
+        {"image": "img.png", "text": "bad: an image has no context", "context_frames": 1},
+        {"video": "v0.mp4", "text": "the last frame alone is new", "context_frames": 10},
+    ]
+    path = write_manifest(d, "context.jsonl", entries)
+    before = files.skipped_reasons()
+    name = files.register_manifest_task("test_files_context", {"train": path}, R)
+    got = read_all(name)
+    assert [(ex["text"].decode(), int(ex["context_frames"])) for ex in got] == [
+        ("continues", 5), ("an image", 0), ("plain", 0), ("the last frame alone is new", 10)]
+    assert all(ex["context_frames"].dtype == np.int32 for ex in got)
+    assert delta(before, files.skipped_reasons()) == {"malformed_line": 5}

@@ -62,6 +62,51 @@ def test_frame_masks_hide_exactly_one_whole_token_frame():
         -1, GRID[0], S).sum(2) == S).sum(1) == 1).mean() + 0.2
 
 
+def test_context_token_frames_are_the_tubelets_inside_the_context():
+    # Frame f lies in token frame 0 if f == 0, else 1 + (f - 1) // tp; a token frame is
+    # context when every frame of it is one of the first c frames.
+    for tp in (1, 2, 3):
+        num_frames = 1 + 5 * tp  # 1 + k tubelets, as a config must have
+        for c in range(num_frames):
+            frames_of: dict[int, list[int]] = {}
+            for f in range(num_frames):
+                frames_of.setdefault(0 if f == 0 else 1 + (f - 1) // tp, []).append(f)
+            want = sum(all(f < c for f in fs) for fs in frames_of.values())
+            got = int(maskgit_stage.context_token_frames(jnp.asarray([c]), tp)[0])
+            assert got == want, (tp, c)
+    # The shapes world's continuation clips switch at frame 5: exactly token frames 0-2.
+    from phenaki_jax.data import shapes_world as sw
+    assert int(maskgit_stage.context_token_frames(
+        jnp.asarray([sw.CONTINUATION_SPLIT]), 2)[0]) == 3
+
+
+def test_given_context_frames_are_never_masked_and_change_nothing_else():
+    b = 512
+    is_image = jnp.asarray(np.arange(b) % 4 == 0, jnp.int32)
+    given = np.where(np.arange(b) % 4 == 1, 3, 0)  # every fourth example: a continuation
+    key = jax.random.key(0)
+    plain_m, plain_v = (np.asarray(x) for x in
+                        maskgit_stage.mask_tokens(key, GRID, is_image, 0.3))
+    masked, valid = (np.asarray(x) for x in maskgit_stage.mask_tokens(
+        key, GRID, is_image, 0.3, given_frames=jnp.asarray(given, jnp.int32)))
+    ctx = given > 0
+    assert (valid == plain_v).all()
+    # Context token frames are never masked; something after them always is.
+    assert not masked[ctx][:, :3 * S].any()
+    assert (masked[ctx][:, 3 * S:].sum(1) >= 1).all()
+    # Examples without context get exactly the masks drawn without the option.
+    assert (masked[~ctx] == plain_m[~ctx]).all()
+    # Zero context everywhere is the plain draw.
+    zero = maskgit_stage.mask_tokens(key, GRID, is_image, 0.3, 0.5,
+                                     given_frames=jnp.zeros((b,), jnp.int32))[0]
+    assert (np.asarray(zero) == np.asarray(
+        maskgit_stage.mask_tokens(key, GRID, is_image, 0.3, 0.5)[0])).all()
+    # With frame masking on, a context example never hides a single whole frame instead.
+    fm = np.asarray(maskgit_stage.mask_tokens(key, GRID, is_image, 0.3, 1.0,
+                                              given_frames=jnp.asarray(given, jnp.int32))[0])
+    assert not fm[ctx][:, :3 * S].any()
+
+
 def test_masked_cross_entropy_ignores_unmasked_tokens():
     rng = np.random.default_rng(0)
     logits = rng.standard_normal((2, N, 11)).astype(np.float32)

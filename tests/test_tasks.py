@@ -68,10 +68,11 @@ def test_registered_with_the_feature_spec(resolution):
             .get_dataset(sequence_length=None, split="validation", shuffle=False)
             .element_spec
         )
-        assert set(spec) == {"frames", "is_image", "text"}
+        assert set(spec) == {"frames", "is_image", "text", "context_frames"}
         assert spec["frames"] == tf.TensorSpec((11, r, r, 3), tf.uint8)
         assert spec["is_image"] == tf.TensorSpec((), tf.int32)
         assert spec["text"] == tf.TensorSpec((), tf.string)
+        assert spec["context_frames"] == tf.TensorSpec((), tf.int32)
     (ex,) = _take(f"shapes_world_{r}", 1, split="test")
     assert ex["frames"].shape == (11, r, r, 3) and ex["frames"].dtype == np.uint8
     assert ex["is_image"].dtype == np.int32 and isinstance(ex["text"], bytes)
@@ -88,6 +89,15 @@ def test_task_streams_are_the_generators_by_index():
             ref = make("validation", i, 32)
             assert ex["text"].decode() == ref.caption
             assert ex["is_image"] == int(kind == "image")
+            # The frames the caption does not describe: a continuation's first segment, whose
+            # colour differs from every later frame's (the spec's switch at frame 5).
+            context = int(ex["context_frames"])
+            if kind == "continuation":
+                colors = [_frame_color(f) for f in ex["frames"]]
+                assert context == 5 and len(set(colors[:context]) & set(colors[context:])) == 0
+                assert ref.caption.startswith(f"a {colors[-1]} ")
+            else:
+                assert context == 0
             n = ref.frames.shape[0]
             np.testing.assert_array_equal(ex["frames"][:n], ref.frames)
             assert not ex["frames"][n:].any()  # images: zero frames after frame 0

@@ -6,6 +6,11 @@ caption,
     {"video": "clips/cat.mp4", "text": "a cat jumps onto a table"}
     {"image": "/data/images/dog.png", "text": "a dog on a beach"}
 
+A video may also say how many of its leading frames its caption does not describe,
+`"context_frames": 5` (an integer from 0 to F - 1, 0 when absent; images have none): a clip
+that continues another under a new caption, as the story decoder continues. The transformer
+always gives those frames' tokens and generates only the rest.
+
 Relative media paths are relative to the manifest's directory. Other keys are ignored; lines
 that are empty or only whitespace are not examples (they are neither yielded nor counted).
 Line k (0-based, blank lines included in the numbering) is example k; messages number lines
@@ -29,6 +34,7 @@ Every task yields exactly the features of the shapes-world tasks (`tasks.OUTPUT_
   centre-cropped and resized the same way and become frame 0 followed by F - 1 zero frames.
 * `is_image`: int32 scalar, 1 for an image, 0 for a video.
 * `text`: tf.string scalar, the caption exactly as written in the manifest.
+* `context_frames`: int32 scalar, the line's `context_frames` (0 when absent).
 
 Streams are deterministic: a split is the manifest's good examples in line order, with no
 shuffling (`shuffle` and `seed` change nothing; shuffle the manifest itself if its order is
@@ -86,7 +92,7 @@ ALL_SPLITS = "*"
 DEFAULT_SPLITS = ("train", "validation", "test")
 FPS = 8.0  # Phenaki trains at 8 fps
 REASONS = ("malformed_line", "empty_text", "missing_file", "unreadable", "too_few_frames")
-FEATURES = ("frames", "is_image", "text")
+FEATURES = ("frames", "is_image", "text", "context_frames")
 
 
 class _BadExample(Exception):
@@ -163,8 +169,9 @@ def _excerpt(raw: bytes, limit: int = 80) -> str:
     return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
-def _parse_line(raw: bytes, manifest_dir: str) -> tuple[str, str, str]:
-    """One manifest line -> (kind "video" or "image", absolute media path, caption)."""
+def _parse_line(raw: bytes, manifest_dir: str, num_frames: int) -> tuple[str, str, str, int]:
+    """One manifest line -> (kind "video" or "image", absolute media path, caption,
+    context frames)."""
     try:
         entry = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as e:
@@ -185,7 +192,14 @@ def _parse_line(raw: bytes, manifest_dir: str) -> tuple[str, str, str]:
         raise _BadExample("malformed_line", f"\"text\" is not a string: {_excerpt(raw)}", path)
     if not text or not text.strip():
         raise _BadExample("empty_text", f"no caption for {path}", path)
-    return kind, path, text
+    context = entry.get("context_frames", 0)
+    limit = 1 if kind == "image" else num_frames
+    if isinstance(context, bool) or not isinstance(context, int) or not 0 <= context < limit:
+        raise _BadExample(
+            "malformed_line", f"\"context_frames\" must be an integer in [0, {limit}) for "
+            f"{'an image' if kind == 'image' else f'{num_frames} frames'}: {_excerpt(raw)}",
+            path)
+    return kind, path, text, context
 
 
 def _decode(kind: str, path: str, resolution: int, num_frames: int) -> np.ndarray:
@@ -217,20 +231,21 @@ def _load_example(manifest: str, lines: Sequence[bytes], line: int, resolution: 
 
     Returns:
       dict with `frames` uint8 `[num_frames, R, R, 3]`, `is_image` int32 `[]`, `text` bytes
-      `[]`, or None.
+      `[]`, `context_frames` int32 `[]`, or None.
     """
     manifest = os.path.abspath(manifest)
     with _LEDGER.lock:
         if (manifest, line) in _LEDGER.bad:
             return None
     try:
-        kind, path, text = _parse_line(lines[line], os.path.dirname(manifest))
+        kind, path, text, context = _parse_line(lines[line], os.path.dirname(manifest),
+                                                num_frames)
         frames = _decode(kind, path, resolution, num_frames)
     except _BadExample as bad:
         _LEDGER.record(manifest, line, bad)
         return None
     return {"frames": frames, "is_image": np.int32(kind == "image"),
-            "text": np.bytes_(text.encode("utf-8"))}
+            "text": np.bytes_(text.encode("utf-8")), "context_frames": np.int32(context)}
 
 
 def _example_lines(lines: Sequence[bytes], index: int = 0, num_shards: int = 1) -> list[int]:
@@ -342,7 +357,8 @@ class ManifestSource(seqio.DataSource):
         r, n = self.resolution, self.num_frames
         _require_good_line(manifest, lines, candidates, r, n, where)
 
-        def load(line: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        def load(line: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
             # The shapes-world gate: at interpreter exit tf.data's read-ahead threads must stop
             # calling into Python. Its blank example is marked good so that the filter below
             # lets it through: buffers fill and the threads go idle instead of spinning.
@@ -350,25 +366,27 @@ class ManifestSource(seqio.DataSource):
             try:
                 if not is_open:
                     blank = np.zeros((n, r, r, 3), np.uint8)
-                    return blank, np.int32(0), np.bytes_(b""), np.bool_(True)
+                    return blank, np.int32(0), np.bytes_(b""), np.int32(0), np.bool_(True)
                 ex = _load_example(manifest, lines, int(line), r, n)
                 if ex is None:  # recorded by _load_example; the filter below drops it
                     blank = np.zeros((n, r, r, 3), np.uint8)
-                    return blank, np.int32(0), np.bytes_(b""), np.bool_(False)
-                return ex["frames"], ex["is_image"], ex["text"], np.bool_(True)
+                    return blank, np.int32(0), np.bytes_(b""), np.int32(0), np.bool_(False)
+                return (ex["frames"], ex["is_image"], ex["text"], ex["context_frames"],
+                        np.bool_(True))
             finally:
                 tasks._GATE.leave()
 
         def to_features(line: tf.Tensor) -> dict[str, tf.Tensor]:
             # The output is a pure function of the line (the ledger's side effects happen once
             # per line), hence stateful=False: tf.data may then checkpoint the iterator.
-            frames, is_image, text, ok = tf.numpy_function(
-                load, [line], [tf.uint8, tf.int32, tf.string, tf.bool], stateful=False)
+            frames, is_image, text, context, ok = tf.numpy_function(
+                load, [line], [tf.uint8, tf.int32, tf.string, tf.int32, tf.bool],
+                stateful=False)
             frames.set_shape((n, r, r, 3))
-            is_image.set_shape(())
-            text.set_shape(())
-            ok.set_shape(())
-            return {"frames": frames, "is_image": is_image, "text": text, "ok": ok}
+            for scalar in (is_image, text, context, ok):
+                scalar.set_shape(())
+            return {"frames": frames, "is_image": is_image, "text": text,
+                    "context_frames": context, "ok": ok}
 
         ds = tf.data.Dataset.from_tensor_slices(np.asarray(candidates, np.int64))
         ds = ds.map(to_features, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

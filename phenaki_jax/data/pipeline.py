@@ -21,7 +21,7 @@ import numpy as np
 
 from phenaki_jax import config_lib
 
-FEATURES = ("frames", "is_image", "text")
+FEATURES = ("frames", "is_image", "text", "context_frames")
 
 
 JSONL_PREFIX = "jsonl:"  # = files.SPEC_PREFIX, spelled here so that parsing needs no TF
@@ -109,7 +109,8 @@ def host_batches(
     batch_size: int | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
     """Yields this host's part of each global batch: frames uint8 [b, T, H, W, 3], is_image
-    int32 [b], text bytes [b]; b = global batch size / process count."""
+    int32 [b], text bytes [b], context_frames int32 [b] (leading frames the caption does not
+    describe); b = global batch size / process count."""
     import seqio
     import tensorflow as tf
 
@@ -143,4 +144,5 @@ def host_batches(
                 f"config.data.name='{data_name(config)}' yields frames of shape "
                 f"{frames.shape[1:]}, but config.data.num_frames/resolution ask for {want}"
             )
-        yield {"frames": frames, "is_image": raw["is_image"].astype(np.int32), "text": raw["text"]}
+        yield {"frames": frames, "is_image": raw["is_image"].astype(np.int32), "text": raw["text"],
+               "context_frames": raw["context_frames"].astype(np.int32)}

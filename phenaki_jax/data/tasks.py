@@ -5,6 +5,10 @@ Every task and mixture yields examples with exactly these features:
 * `frames`: uint8 `[11, R, R, 3]`. Images are frame 0 followed by 10 zero frames.
 * `is_image`: int32 scalar, 1 for an image, 0 for a video or continuation clip.
 * `text`: tf.string scalar, the caption.
+* `context_frames`: int32 scalar, how many leading frames the caption does not describe:
+  5 for a continuation clip (its caption tells only frames 5-10), 0 otherwise. The
+  transformer always gives these frames' tokens, as the story decoder gives the frames it
+  continues from, and never learns to generate them from a caption that does not tell them.
 
 Registered for R in (32, 64, 128) (`register_shapes_world_tasks` adds other multiples of 32):
 
@@ -68,6 +72,7 @@ OUTPUT_FEATURES: Mapping[str, seqio.Feature] = {
     "frames": seqio.Feature(_PASS_THROUGH, add_eos=False, dtype=tf.uint8, rank=4),
     "is_image": seqio.Feature(_PASS_THROUGH, add_eos=False, dtype=tf.int32, rank=0),
     "text": seqio.Feature(_PASS_THROUGH, add_eos=False, dtype=tf.string, rank=0),
+    "context_frames": seqio.Feature(_PASS_THROUGH, add_eos=False, dtype=tf.int32, rank=0),
 }
 
 
@@ -82,7 +87,8 @@ def render_features(kind: str, split: str, index: int, resolution: int) -> dict[
     """The task features of one example as numpy, exactly as the task yields them.
 
     Returns:
-      dict with `frames` uint8 `[11, R, R, 3]`, `is_image` int32 `[]`, `text` bytes `[]`.
+      dict with `frames` uint8 `[11, R, R, 3]`, `is_image` int32 `[]`, `text` bytes `[]`,
+      `context_frames` int32 `[]`.
     """
     ex = sw.example(kind, split, int(index), resolution)
     frames = ex.frames
@@ -93,6 +99,7 @@ def render_features(kind: str, split: str, index: int, resolution: int) -> dict[
         "frames": frames,
         "is_image": np.int32(kind == "image"),
         "text": np.bytes_(ex.caption.encode("utf-8")),
+        "context_frames": np.int32(sw.CONTINUATION_SPLIT if kind == "continuation" else 0),
     }
 
 
@@ -192,26 +199,28 @@ class ShapesWorldSource(seqio.DataSource):
             raise ValueError(f"bad shard_info {shard_info}")
         kind, r = self.kind, self.resolution
 
-        def render(i: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        def render(i: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
             is_open = _GATE.enter()
             try:
                 if not is_open:  # the process is exiting: nobody will read this element
                     blank = np.zeros((sw.NUM_FRAMES, r, r, 3), np.uint8)
-                    return blank, np.int32(0), np.bytes_(b"")
+                    return blank, np.int32(0), np.bytes_(b""), np.int32(0)
                 f = render_features(kind, split, int(i), r)
-                return f["frames"], f["is_image"], f["text"]
+                return f["frames"], f["is_image"], f["text"], f["context_frames"]
             finally:
                 _GATE.leave()
 
         def to_features(i: tf.Tensor) -> dict[str, tf.Tensor]:
             # Pure in its input, hence stateful=False: tf.data may then checkpoint the iterator.
-            frames, is_image, text = tf.numpy_function(
-                render, [i], [tf.uint8, tf.int32, tf.string], stateful=False
+            frames, is_image, text, context = tf.numpy_function(
+                render, [i], [tf.uint8, tf.int32, tf.string, tf.int32], stateful=False
             )
             frames.set_shape((sw.NUM_FRAMES, r, r, 3))
             is_image.set_shape(())
             text.set_shape(())
-            return {"frames": frames, "is_image": is_image, "text": text}
+            context.set_shape(())
+            return {"frames": frames, "is_image": is_image, "text": text,
+                    "context_frames": context}
 
         return tf.data.Dataset.counter(start=index, step=num_shards).map(
             to_features, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True

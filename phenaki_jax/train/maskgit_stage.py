@@ -187,8 +187,17 @@ def _check_t5(config: ml_collections.ConfigDict) -> None:
             f"{t.checkpoint}")
 
 
+def context_token_frames(context_frames: Array, temporal_patch: int) -> Array:
+    """int [B]: the token frames made only of the first `context_frames` frames of each clip
+    (frame 0 is token frame 0 alone, then tubelets of `temporal_patch` frames); a tubelet
+    that straddles the boundary is not one of them."""
+    c = jnp.asarray(context_frames, jnp.int32)
+    return jnp.where(c > 0, 1 + (c - 1) // temporal_patch, 0)
+
+
 def mask_tokens(rng: Array, grid: tuple[int, int, int], is_image: Array,
-                prefix_fraction: float, frame_fraction: float = 0.0) -> tuple[Array, Array]:
+                prefix_fraction: float, frame_fraction: float = 0.0,
+                given_frames: Array | None = None) -> tuple[Array, Array]:
     """MaskGIT training masks for a batch.
 
     Args:
@@ -200,6 +209,9 @@ def mask_tokens(rng: Array, grid: tuple[int, int, int], is_image: Array,
       frame_fraction: share of the other videos in which exactly one token frame (uniform)
         is masked, wholly, and every other frame is given, as `decode.refine_frames` asks the
         model to predict (static; 0 draws no extra random numbers).
+      given_frames: int [B] or None: this many leading token frames of each example are
+        always given, never masked: a continuation clip's context, which its caption does not
+        describe (`context_token_frames`). The random draws are the same with or without it.
 
     Returns:
       (masked, valid), bool [B, N] with N = t*h*w: `masked` tokens are replaced by the mask
@@ -215,12 +227,17 @@ def mask_tokens(rng: Array, grid: tuple[int, int, int], is_image: Array,
     valid = jnp.where(image, idx < s, True)
     use_prefix = (jax.random.uniform(k_prefix, (b, 1)) < prefix_fraction) & ~image
     prefix_len = jax.random.randint(k_len, (b, 1), 1, max(t, 2)) * s
-    eligible = valid & ~(use_prefix & (idx < prefix_len))
+    given_len = jnp.where(use_prefix, prefix_len, 0)
+    if given_frames is not None:
+        given_len = jnp.maximum(given_len, given_frames.reshape(b, 1) * s)
+    eligible = valid & ~(idx < given_len)
     ratio = decode.mask_ratio(jax.random.uniform(k_ratio, (b,)))
     if frame_fraction:
         k_frame, k_which = jax.random.split(jax.random.fold_in(rng, 1))
         use_frame = ((jax.random.uniform(k_frame, (b, 1)) < frame_fraction) & ~image
                      & ~use_prefix)
+        if given_frames is not None:
+            use_frame &= given_frames.reshape(b, 1) == 0
         which = jax.random.randint(k_which, (b, 1), 0, t)
         eligible = jnp.where(use_frame, idx // s == which, eligible)
         ratio = jnp.where(use_frame[:, 0], 1.0, ratio)
@@ -357,6 +374,10 @@ class MaskGITStage:
         """Turns the pipeline's batch (frames, is_image, text bytes) into the step's inputs."""
         texts = [t.decode("utf-8") if isinstance(t, bytes) else str(t) for t in raw["text"]]
         out = {"frames": raw["frames"], "is_image": raw["is_image"].astype(np.int32)}
+        if "context_frames" in self.batch_axes:
+            context = raw.get("context_frames")
+            out["context_frames"] = (np.zeros_like(out["is_image"]) if context is None
+                                     else np.asarray(context, np.int32))
         if self.text_source == "embeddings":
             assert self._cache is not None
             index, emb, mask = self._cache
@@ -379,6 +400,8 @@ class MaskGITStage:
             axes["ids"] = ("batch", "time", "height", "width")
         else:
             axes["frames"] = ("batch", "time", "height", "width", "channels")
+            if self.config.masking.get("give_context", False):
+                axes["context_frames"] = ("batch",)
         if self.text_source == "embeddings":
             axes["text_embeddings"] = ("batch", "text_length", "text_embed")
         else:
@@ -409,6 +432,8 @@ class MaskGITStage:
             out["ids"] = jnp.zeros((b, *self.grid), jnp.int32)
         else:
             out["frames"] = jnp.zeros((b, c.data.num_frames, r, r, 3), jnp.uint8)
+        if "context_frames" in self.batch_axes:
+            out["context_frames"] = jnp.zeros((b,), jnp.int32)
         if self.text_source == "embeddings":
             out["text_embeddings"] = jnp.zeros((b, length, c.text.embed_dim), jnp.float32)
         else:
@@ -493,6 +518,13 @@ class MaskGITStage:
                                 inputs.reshape(b, *self.grid), context, context_mask,
                                 drop, valid).reshape(b, self.num_tokens, -1)
 
+    def _given_frames(self, batch: dict[str, Array]) -> Array | None:
+        """Token frames given in every example (a continuation's context), or None."""
+        if "context_frames" not in batch:
+            return None
+        return context_token_frames(batch["context_frames"],
+                                    self.tokenizer_config.model.temporal_patch_size)
+
     def train_step(self, state: state_lib.TrainState, batch: dict[str, Array]
                    ) -> tuple[state_lib.TrainState, dict[str, Array]]:
         c = self.config
@@ -503,7 +535,8 @@ class MaskGITStage:
         flat = ids.reshape(b, self.num_tokens)
         masked, valid = mask_tokens(k_mask, self.grid, batch["is_image"],
                                     c.masking.prefix_fraction,
-                                    c.masking.get("frame_fraction", 0.0))
+                                    c.masking.get("frame_fraction", 0.0),
+                                    self._given_frames(batch))
         inputs = jnp.where(masked, self.model.mask_id, flat)
         drop = jax.random.uniform(k_drop, (b,)) < c.text.dropout
 
@@ -549,7 +582,7 @@ class MaskGITStage:
         b = ids.shape[0]
         flat = ids.reshape(b, self.num_tokens)
         masked, valid = mask_tokens(jax.random.key(_EVAL_SEED), self.grid, batch["is_image"],
-                                    0.0)
+                                    0.0, given_frames=self._given_frames(batch))
         inputs = jnp.where(masked, self.model.mask_id, flat)
         out, per_example = {}, {}
         for name, drop in (("cond", False), ("uncond", True)):
