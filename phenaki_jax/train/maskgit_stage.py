@@ -371,7 +371,8 @@ class MaskGITStage:
         return ids, mask
 
     def host_batch(self, raw: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Turns the pipeline's batch (frames, is_image, text bytes) into the step's inputs."""
+        """Turns the pipeline's batch (frames, is_image, text bytes, context_frames) into the
+        step's inputs; context_frames is kept only with `masking.give_context`."""
         texts = [t.decode("utf-8") if isinstance(t, bytes) else str(t) for t in raw["text"]]
         out = {"frames": raw["frames"], "is_image": raw["is_image"].astype(np.int32)}
         if "context_frames" in self.batch_axes:
