@@ -166,3 +166,30 @@ def test_register_custom_mixture():
     assert "shapes_world_videos_96" in seqio.TaskRegistry.names()
     (ex,) = _take(name96, 1)
     assert ex["frames"].shape == (11, 96, 96, 3)
+
+
+def test_a_task_without_context_frames_has_none():
+    """Any registered seqio task can be trained on; one that predates `context_frames` (only
+    frames, is_image and text) yields batches whose context is 0 everywhere."""
+    from conftest import load_config
+
+    from phenaki_jax.data import pipeline
+
+    def dataset(split, shuffle_files, seed=None):
+        del split, shuffle_files, seed
+        frames = np.arange(4 * 11 * 32 * 32 * 3, dtype=np.int64).reshape(4, 11, 32, 32, 3) % 251
+        return tf.data.Dataset.from_tensor_slices({
+            "frames": frames.astype(np.uint8), "is_image": np.zeros((4,), np.int32),
+            "text": np.asarray([b"a red circle moves up"] * 4)}).repeat()
+
+    features = {k: v for k, v in tasks.OUTPUT_FEATURES.items() if k != "context_frames"}
+    name = "test_tasks_three_features"
+    if name not in seqio.TaskRegistry.names():
+        seqio.TaskRegistry.add(name, source=seqio.FunctionDataSource(dataset, ["train"]),
+                               output_features=features)
+    config = load_config("maskgit")
+    config.data.name, config.batch_size = name, 2
+    batch = next(pipeline.host_batches(config, "train"))
+    assert batch["context_frames"].dtype == np.int32
+    np.testing.assert_array_equal(batch["context_frames"], [0, 0])
+    assert batch["frames"].shape == (2, 11, 32, 32, 3)

@@ -144,5 +144,8 @@ def host_batches(
                 f"config.data.name='{data_name(config)}' yields frames of shape "
                 f"{frames.shape[1:]}, but config.data.num_frames/resolution ask for {want}"
             )
+        # Any registered seqio task may be named; one without `context_frames` has none.
+        context = raw.get("context_frames")
         yield {"frames": frames, "is_image": raw["is_image"].astype(np.int32), "text": raw["text"],
-               "context_frames": raw["context_frames"].astype(np.int32)}
+               "context_frames": (np.zeros(frames.shape[0], np.int32) if context is None
+                                  else context.astype(np.int32))}

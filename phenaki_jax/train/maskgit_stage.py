@@ -376,9 +376,7 @@ class MaskGITStage:
         texts = [t.decode("utf-8") if isinstance(t, bytes) else str(t) for t in raw["text"]]
         out = {"frames": raw["frames"], "is_image": raw["is_image"].astype(np.int32)}
         if "context_frames" in self.batch_axes:
-            context = raw.get("context_frames")
-            out["context_frames"] = (np.zeros_like(out["is_image"]) if context is None
-                                     else np.asarray(context, np.int32))
+            out["context_frames"] = raw["context_frames"].astype(np.int32)
         if self.text_source == "embeddings":
             assert self._cache is not None
             index, emb, mask = self._cache
