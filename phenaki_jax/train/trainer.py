@@ -272,11 +272,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         batches = pipeline.host_batches(config, config.data.train_split, start_batch=start)
         last_log_time, last_log_step = time.time(), step
         run_start = time.time()
+        # The next batch is read and put on the devices while the current step computes:
+        # dispatch is asynchronous, and only the finiteness check below waits for the step.
+        batch = to_device(next(batches)) if step < total else None
         with _Preemption() as preemption:
             while step < total:
-                batch = to_device(next(batches))
                 state, metrics = train_step(state, batch)
                 step += 1
+                batch = to_device(next(batches)) if step < total else None
                 streak = int(jax.device_get(state.nonfinite_streak))
                 if streak >= config.max_consecutive_nonfinite:
                     bad = jax.device_get(metrics)
