@@ -371,12 +371,13 @@ class MaskGITStage:
         return ids, mask
 
     def host_batch(self, raw: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Turns the pipeline's batch (frames, is_image, text bytes, context_frames) into the
-        step's inputs; context_frames is kept only with `masking.give_context`."""
+        """Turns the pipeline's batch (frames, is_image, text bytes, context_frames; the
+        integers already int32, `pipeline.host_batches`) into the step's inputs;
+        context_frames is kept only with `masking.give_context`."""
         texts = [t.decode("utf-8") if isinstance(t, bytes) else str(t) for t in raw["text"]]
-        out = {"frames": raw["frames"], "is_image": raw["is_image"].astype(np.int32)}
+        out = {"frames": raw["frames"], "is_image": raw["is_image"]}
         if "context_frames" in self.batch_axes:
-            out["context_frames"] = raw["context_frames"].astype(np.int32)
+            out["context_frames"] = raw["context_frames"]
         if self.text_source == "embeddings":
             assert self._cache is not None
             index, emb, mask = self._cache
