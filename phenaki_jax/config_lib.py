@@ -75,7 +75,7 @@ def common_config(stage: str, variant: str) -> ml_collections.ConfigDict:
     c.keep_checkpoints = 3
     c.log_every_steps = 50
     c.eval_every_steps = 0  # 0: evaluate only at the end
-    c.eval_batches = 4
+    c.eval_batches = 4  # 0 turns evaluation off (periodic and final)
     c.max_consecutive_nonfinite = 5
     c.mesh = ml_collections.ConfigDict({"data": -1, "model": 1})
     c.data = ml_collections.ConfigDict()
@@ -148,11 +148,11 @@ def validate_common(config: ml_collections.ConfigDict, num_devices: int | None =
         raise ConfigError(f"config.stage must be one of {STAGES}, got {config.stage!r}")
     _positive(config, "batch_size", "total_steps", "learning_rate", "checkpoint_every_steps",
               "log_every_steps", "keep_checkpoints", "max_consecutive_nonfinite",
-              "data.resolution", "data.num_frames", "eval_batches")
+              "data.resolution", "data.num_frames")
     _non_negative(config, "warmup_steps", "weight_decay", "grad_clip_norm", "ema_decay",
-                  "eval_every_steps", "end_learning_rate_factor")
+                  "eval_every_steps", "eval_batches", "end_learning_rate_factor")
     for f in ("batch_size", "total_steps", "checkpoint_every_steps", "log_every_steps",
-              "data.resolution", "data.num_frames", "warmup_steps", "seed"):
+              "data.resolution", "data.num_frames", "warmup_steps", "seed", "eval_batches"):
         if not isinstance(_get(config, f), int) or isinstance(_get(config, f), bool):
             raise ConfigError(f"config.{f} must be an integer, got {_get(config, f)!r}")
     if config.ema_decay >= 1:

@@ -47,6 +47,7 @@ def test_paper_variant_matches_paper_sizes():
     ("learning_rate", -1.0, "config.learning_rate"),
     ("model.codebook_size", 1, "config.model.codebook_size"),
     ("ema_decay", 1.5, "config.ema_decay"),
+    ("eval_batches", -1, "config.eval_batches"),
     ("model.dtype", "float16", "config.model.dtype"),
     ("model.encoder_window", -2, "config.model.encoder_window"),
 ])

@@ -307,8 +307,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                  _fmt_duration((total - step) / max(rate, 1e-9)))
                     last_log_time, last_log_step = now, step
                     summary["metrics"] = values
-                if config.eval_every_steps and step % config.eval_every_steps == 0 \
-                        and step < total:
+                if config.eval_batches and config.eval_every_steps \
+                        and step % config.eval_every_steps == 0 and step < total:
                     evaluate(step)
                 if step % config.checkpoint_every_steps == 0 and step < total:
                     save(step)
@@ -323,7 +323,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         if step not in checkpointer.steps():
             save(step, force=True)
         checkpointer.wait()
-        summary["eval"] = evaluate(step)
+        if config.eval_batches:
+            summary["eval"] = evaluate(step)
         summary["step"] = step
         summary["train_time_s"] = time.time() - run_start
         checkpointer.close()
