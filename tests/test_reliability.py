@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 MICRO = ["--config=configs/cvivit.py:variant=tiny", "--config.total_steps=40",
          "--config.batch_size=4", "--config.model.width=32", "--config.model.mlp_dim=64",
          "--config.model.patch_size=8", "--config.log_every_steps=1",
-         "--config.checkpoint_every_steps=10", "--config.eval_batches=1",
+         "--config.checkpoint_every_steps=10", "--config.eval_batches=0",
          "--config.warmup_steps=5", "--config.quantizer.restart_every_steps=7"]
 
 
@@ -115,6 +115,9 @@ def test_corrupted_newest_checkpoint_falls_back_to_previous(reference, tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "checkpoint step 40" in out.stderr and "unusable" in out.stderr
     assert "resumed from step 30" in out.stderr
+    # eval_batches=0: no evaluation, periodic or final, in either run.
+    rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+    assert rows and not any(k.startswith("eval_") for r in rows for k in r)
     resumed = losses(workdir)  # steps 31..40 were logged again by the resumed run
     for step in range(31, 41):
         np.testing.assert_allclose(resumed[step], reference[step], rtol=1e-5)
