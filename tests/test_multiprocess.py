@@ -20,7 +20,7 @@ CONFIG = ["--config=configs/cvivit.py:variant=tiny", f"--config.total_steps={STE
           "--config.batch_size=4", "--config.model.width=32", "--config.model.mlp_dim=64",
           "--config.model.codebook_size=64", "--config.warmup_steps=5",
           "--config.log_every_steps=1", "--config.checkpoint_every_steps=1000",
-          "--config.eval_every_steps=0", "--config.eval_batches=0",
+          "--config.eval_batches=0",
           "--config.quantizer.restart_every_steps=7"]
 
 # The same steps in one process on a mesh of two devices, fed the global batch the two

@@ -268,6 +268,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             return results
 
         total = config.total_steps
+        eval_every = config.eval_every_steps if config.eval_batches else 0
         step = int(state.step)
         batches = pipeline.host_batches(config, config.data.train_split, start_batch=start)
         last_log_time, last_log_step = time.time(), step
@@ -307,8 +308,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                  _fmt_duration((total - step) / max(rate, 1e-9)))
                     last_log_time, last_log_step = now, step
                     summary["metrics"] = values
-                if config.eval_batches and config.eval_every_steps \
-                        and step % config.eval_every_steps == 0 and step < total:
+                if eval_every and step % eval_every == 0 and step < total:
                     evaluate(step)
                 if step % config.checkpoint_every_steps == 0 and step < total:
                     save(step)
