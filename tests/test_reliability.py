@@ -100,6 +100,21 @@ def test_sigkill_loses_only_steps_since_last_checkpoint(reference, tmp_path):
         np.testing.assert_allclose(resumed[step], reference[step], rtol=1e-5)
 
 
+def test_leftover_temporary_checkpoint_is_gone_when_the_checkpointer_is_built(tmp_path):
+    """A save killed mid-write leaves `<step>.orbax-checkpoint-tmp`. Orbax removes it in a
+    background thread; that thread must be done before the trainer goes on, or a run that
+    stops early (a refused config) exits while it still runs and dies with a traceback."""
+    from phenaki_jax.train import checkpoint as ckpt_lib
+
+    leftover = tmp_path / "checkpoints" / "20.orbax-checkpoint-tmp"
+    (leftover / "state").mkdir(parents=True)
+    (leftover / "state" / "partial").write_bytes(b"\0" * 4096)
+    checkpointer = ckpt_lib.Checkpointer(str(tmp_path))
+    assert not leftover.exists()
+    assert checkpointer.steps() == []
+    checkpointer.close()
+
+
 def test_corrupted_newest_checkpoint_falls_back_to_previous(reference, tmp_path):
     workdir = str(tmp_path)
     subprocess.run(train_cmd(workdir), cwd=ROOT, env=env(), check=True, capture_output=True)

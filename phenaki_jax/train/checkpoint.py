@@ -47,6 +47,14 @@ class Checkpointer:
             cleanup_tmp_directories=not read_only, enable_async_checkpointing=async_save)
         self.manager = ocp.CheckpointManager(self.directory, options=options,
                                              item_names=("state", "meta"))
+        # Orbax deletes the temporary directories of killed saves in a background thread and
+        # waits for it only in save(), not in close(). A run that stops before its first save
+        # (a refused config, a finished workdir) would exit with that thread still running and
+        # die in it with a traceback. Waiting here costs one directory listing.
+        cleanup = getattr(self.manager, "_cleanup_tmp_directory_future", None)
+        if cleanup is not None:
+            cleanup.result()
+            self.manager._cleanup_tmp_directory_future = None
 
     def steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
