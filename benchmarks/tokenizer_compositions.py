@@ -1,0 +1,119 @@
+"""Tokenizer PSNR per (colour, shape) composition: is a held-out pair hard because it is unseen
+in motion, or because of its colour?
+
+    .venv/bin/python benchmarks/tokenizer_compositions.py --workdir=runs/demo/tokenizer \
+        [--clips_per_direction=3] [--seed=123]
+
+Renders, for every (colour, shape) pair of the shapes world, `clips_per_direction` clips per
+direction (still included) at uniform start positions (the spec's rule: the object stays inside
+for all 11 frames), reconstructs them with the newest checkpoint in `--workdir`, and prints one
+JSON object: PSNR per pair; means over the held-out pairs, over the seen pairs, over the seen
+pairs of the held-out pairs' colours (all of them two- or three-channel colours) and over the
+one-channel colours; PSNR per frame for held-out and seen clips; and where the squared error of
+each group lies: background pixels, object pixels in channels the colour lights, object pixels
+in channels it leaves dark (colour bleed).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+import numpy as np
+from absl import flags
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    """Only when run as a program: the tests import this file next to our CLIs' flags."""
+    flags.DEFINE_string("workdir", None, "A tokenizer training workdir.", required=True)
+    flags.DEFINE_integer("clips_per_direction", 3, "Clips per (pair, direction).",
+                         lower_bound=1)
+    flags.DEFINE_integer("seed", 123, "Seed of the start positions.")
+
+
+def pair_clips(pairs: Sequence[tuple[str, str]], per_direction: int, resolution: int,
+               rng: np.random.Generator) -> tuple[np.ndarray, list[tuple[str, str]]]:
+    """uint8 [N, 11, R, R, 3] clips of constant colour and velocity, and each clip's pair."""
+    from phenaki_jax.data import shapes_world as sw
+
+    size = sw.object_size(resolution)
+    steps = np.arange(sw.NUM_FRAMES)
+    clips, owners = [], []
+    for color, shape in pairs:
+        for direction in sw.DIRECTIONS:
+            dx, dy = sw.velocity(direction, resolution)
+            xs, ys = steps * dx, steps * dy
+            for _ in range(per_direction):
+                x0 = rng.integers(-xs.min(), resolution - size - xs.max() + 1)
+                y0 = rng.integers(-ys.min(), resolution - size - ys.max() + 1)
+                positions = [(int(x0 + x), int(y0 + y)) for x, y in zip(xs, ys, strict=True)]
+                clips.append(sw.render_clip(shape, [color] * sw.NUM_FRAMES, positions,
+                                            resolution))
+                owners.append((color, shape))
+    return np.stack(clips), owners
+
+
+def psnr_db(mse: float | np.ndarray) -> float | np.ndarray:
+    return 10.0 * np.log10(255.0 ** 2 / np.maximum(mse, 1e-10))
+
+
+def error_shares(clips: np.ndarray, recon: np.ndarray) -> dict[str, float]:
+    """Shares of the summed squared error: background, lit channels of the object, dark
+    channels of the object."""
+    err = np.square(recon.astype(np.float64) - clips.astype(np.float64))
+    lit = clips > 0
+    foreground = np.broadcast_to(lit.any(-1, keepdims=True), err.shape)
+    total = max(err.sum(), 1e-12)
+    return {"background": float(err[~foreground].sum() / total),
+            "object_lit_channels": float(err[lit].sum() / total),
+            "object_dark_channels": float(err[foreground & ~lit].sum() / total)}
+
+
+def main(argv: Sequence[str]) -> None:
+    del argv
+    from phenaki_jax.data import shapes_world as sw
+    from phenaki_jax.sample.tokenizer import tokenize_and_reconstruct
+    from phenaki_jax.train import trainer
+
+    config, stage, state = trainer.restore_for_inference(FLAGS.workdir, expected_stage="cvivit")
+    resolution = config.data.resolution
+    rng = np.random.default_rng(FLAGS.seed)
+    held = sorted(sw.HELD_OUT)
+    seen = list(sw.VIDEO_PAIRS)
+    clips, owners = pair_clips(held + seen, FLAGS.clips_per_direction, resolution, rng)
+    recon, _ = tokenize_and_reconstruct(stage, state, clips)
+    mse = np.square(recon.astype(np.float64) - clips.astype(np.float64)).mean(axis=(2, 3, 4))
+    per_pair = {f"{c} {s}": float(psnr_db(mse[[o == (c, s) for o in owners]].mean()))
+                for c, s in held + seen}
+
+    def mean_over(pairs: Sequence[tuple[str, str]]) -> float:
+        return float(psnr_db(mse[[o in set(pairs) for o in owners]].mean()))
+
+    held_colors = {c for c, _ in held}
+    is_held = np.array([o in sw.HELD_OUT for o in owners])
+    report = {
+        "workdir": FLAGS.workdir, "step": int(state.step), "resolution": resolution,
+        "clips": len(owners),
+        "held_out_mean_db": mean_over(held),
+        "seen_mean_db": mean_over(seen),
+        "seen_in_held_out_colours_mean_db": mean_over([p for p in seen if p[0] in held_colors]),
+        "seen_one_channel_colours_mean_db": mean_over(
+            [p for p in seen if sum(v > 0 for v in sw.PALETTE[p[0]]) == 1]),
+        "held_out_db": {f"{c} {s}": per_pair[f"{c} {s}"] for c, s in held},
+        "seen_db": {f"{c} {s}": per_pair[f"{c} {s}"] for c, s in seen},
+        "per_frame_db": {"held_out": psnr_db(mse[is_held].mean(0)).round(2).tolist(),
+                         "seen": psnr_db(mse[~is_held].mean(0)).round(2).tolist()},
+        "error_shares": {"held_out": error_shares(clips[is_held], recon[is_held]),
+                         "seen": error_shares(clips[~is_held], recon[~is_held])},
+    }
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    from phenaki_jax import cli
+    from phenaki_jax.train.checkpoint import CheckpointError
+
+    define_flags()
+    cli.run("tokenizer_compositions", main, expected=(CheckpointError,))
