@@ -50,7 +50,9 @@ class Checkpointer:
         # Orbax deletes the temporary directories of killed saves in a background thread and
         # waits for it only in save(), not in close(). A run that stops before its first save
         # (a refused config, a finished workdir) would exit with that thread still running and
-        # die in it with a traceback. Waiting here costs one directory listing.
+        # die in it with a traceback. Waiting here costs one directory listing. The future is
+        # private to orbax (pinned in setup.py); should it go, the leftover-temporary-directory
+        # test in test_reliability.py fails.
         cleanup = getattr(self.manager, "_cleanup_tmp_directory_future", None)
         if cleanup is not None:
             cleanup.result()
