@@ -38,19 +38,11 @@ def pair_clips(pairs: Sequence[tuple[str, str]], per_direction: int, resolution:
     """uint8 [N, 11, R, R, 3] clips of constant colour and velocity, and each clip's pair."""
     from phenaki_jax.data import shapes_world as sw
 
-    size = sw.object_size(resolution)
-    steps = np.arange(sw.NUM_FRAMES)
     clips, owners = [], []
     for color, shape in pairs:
         for direction in sw.DIRECTIONS:
-            dx, dy = sw.velocity(direction, resolution)
-            xs, ys = steps * dx, steps * dy
             for _ in range(per_direction):
-                x0 = rng.integers(-xs.min(), resolution - size - xs.max() + 1)
-                y0 = rng.integers(-ys.min(), resolution - size - ys.max() + 1)
-                positions = [(int(x0 + x), int(y0 + y)) for x, y in zip(xs, ys, strict=True)]
-                clips.append(sw.render_clip(shape, [color] * sw.NUM_FRAMES, positions,
-                                            resolution))
+                clips.append(sw.moving_clip(color, shape, direction, rng, resolution)[0])
                 owners.append((color, shape))
     return np.stack(clips), owners
 
@@ -85,11 +77,10 @@ def main(argv: Sequence[str]) -> None:
     clips, owners = pair_clips(held + seen, FLAGS.clips_per_direction, resolution, rng)
     recon, _ = tokenize_and_reconstruct(stage, state, clips)
     mse = np.square(recon.astype(np.float64) - clips.astype(np.float64)).mean(axis=(2, 3, 4))
-    per_pair = {f"{c} {s}": float(psnr_db(mse[[o == (c, s) for o in owners]].mean()))
-                for c, s in held + seen}
 
     def mean_over(pairs: Sequence[tuple[str, str]]) -> float:
-        return float(psnr_db(mse[[o in set(pairs) for o in owners]].mean()))
+        chosen = set(pairs)
+        return float(psnr_db(mse[[o in chosen for o in owners]].mean()))
 
     held_colors = {c for c, _ in held}
     is_held = np.array([o in sw.HELD_OUT for o in owners])
@@ -101,8 +92,8 @@ def main(argv: Sequence[str]) -> None:
         "seen_in_held_out_colours_mean_db": mean_over([p for p in seen if p[0] in held_colors]),
         "seen_one_channel_colours_mean_db": mean_over(
             [p for p in seen if sum(v > 0 for v in sw.PALETTE[p[0]]) == 1]),
-        "held_out_db": {f"{c} {s}": per_pair[f"{c} {s}"] for c, s in held},
-        "seen_db": {f"{c} {s}": per_pair[f"{c} {s}"] for c, s in seen},
+        "held_out_db": {f"{c} {s}": mean_over([(c, s)]) for c, s in held},
+        "seen_db": {f"{c} {s}": mean_over([(c, s)]) for c, s in seen},
         "per_frame_db": {"held_out": psnr_db(mse[is_held].mean(0)).round(2).tolist(),
                          "seen": psnr_db(mse[~is_held].mean(0)).round(2).tolist()},
         "error_shares": {"held_out": error_shares(clips[is_held], recon[is_held]),

@@ -341,6 +341,18 @@ def image_example(split: str, index: int, resolution: int = 32) -> Example:
     )
 
 
+def moving_clip(color: str, shape: str, direction: str, rng: np.random.Generator,
+                resolution: int = 32) -> tuple[np.ndarray, tuple[tuple[int, int], ...]]:
+    """11 frames of one object at constant velocity from a uniform start (the spec's rule),
+    for any (color, shape) pair, held-out ones included: uint8 `[11, R, R, 3]` and the
+    positions. Video examples draw theirs with it."""
+    r = check_resolution(resolution)
+    offsets = _offsets([velocity(direction, r)] * (NUM_FRAMES - 1))
+    start = _uniform_start(rng, offsets, r)
+    positions = tuple((start[0] + int(dx), start[1] + int(dy)) for dx, dy in offsets)
+    return render_clip(shape, [color] * NUM_FRAMES, positions, r), positions
+
+
 def video_example(split: str, index: int, resolution: int = 32) -> Example:
     """A video: a non-held-out (color, shape) moving at constant velocity for 11 frames.
 
@@ -351,17 +363,15 @@ def video_example(split: str, index: int, resolution: int = 32) -> Example:
     rng = _rng(split, "video", index)
     color, shape = VIDEO_PAIRS[rng.integers(len(VIDEO_PAIRS))]
     direction = DIRECTIONS[rng.integers(len(DIRECTIONS))]
-    offsets = _offsets([velocity(direction, r)] * (NUM_FRAMES - 1))
-    start = _uniform_start(rng, offsets, r)
-    positions = tuple((start[0] + int(dx), start[1] + int(dy)) for dx, dy in offsets)
+    frames, positions = moving_clip(color, shape, direction, rng, r)
     return Example(
-        frames=render_clip(shape, [color] * NUM_FRAMES, positions, r),
+        frames=frames,
         caption=caption_video(color, shape, direction),
         kind="video",
         color=color,
         shape=shape,
         direction=direction,
-        start=start,
+        start=positions[0],
         positions=positions,
     )
 
