@@ -26,7 +26,7 @@ lint: $(STAMP)
 # XLA compilation, checkpoint I/O), so two keep both cores busy.
 test: $(STAMP) lint
 	GLIBC_TUNABLES=$${GLIBC_TUNABLES:+$$GLIBC_TUNABLES:}glibc.malloc.hugetlb=1 \
-		$(PY) -m pytest -q -x -n 2 --dist loadscope --durations=15 tests
+		$(PY) -m pytest -q -x -n 2 --dist loadscope --no-loadscope-reorder --durations=15 tests
 
 demo: $(STAMP)
 	$(PY) -m phenaki_jax.demo --workdir=$(DEMO)

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Callable
 
 import pytest
@@ -132,14 +133,81 @@ MICRO_TRANSFORMER = ["--config=configs/maskgit.py:variant=tiny", "--config.total
                      "--config.sampling.num_steps=4", "--config.learning_rate=3e-3"]
 
 
+# Processes that `_train_micro` started and that may still run: a run stopped early (-x, an
+# interrupt) kills them instead of leaving them training into a deleted directory.
+_CHILDREN: list[subprocess.Popen] = []
+
+
+def _train_micro(args: list[str], workdir: str) -> None:
+    """Trains one micro model (optimised compile) into `workdir`; raises with its stderr."""
+    child = subprocess.Popen([sys.executable, "-m", "phenaki_jax.train", *args,
+                              f"--workdir={workdir}"], cwd=ROOT, env=subprocess_env(True),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _CHILDREN.append(child)
+    _, err = child.communicate()
+    if child.returncode != 0:
+        raise AssertionError(f"training {workdir} failed ({child.returncode}):\n{err[-4000:]}")
+
+
+def _micro_tokenizer() -> str:
+    return shared_workdir("micro_tokenizer", lambda w: _train_micro(MICRO_TOKENIZER, w))
+
+
+def _micro_transformer() -> str:
+    tokenizer = _micro_tokenizer()
+    return shared_workdir("micro_transformer", lambda w: _train_micro(
+        [*MICRO_TRANSFORMER, f"--config.tokenizer_workdir={tokenizer}"], w))
+
+
 @pytest.fixture(scope="session")
 def micro_tokenizer_dir():
-    return shared_workdir("micro_tokenizer", lambda workdir: run_cli(
-        "train", *MICRO_TOKENIZER, f"--workdir={workdir}", check=True, optimize=True))
+    return _micro_tokenizer()
 
 
 @pytest.fixture(scope="session")
 def micro_transformer_dir(micro_tokenizer_dir):
-    return shared_workdir("micro_transformer", lambda workdir: run_cli(
-        "train", *MICRO_TRANSFORMER, f"--workdir={workdir}",
-        f"--config.tokenizer_workdir={micro_tokenizer_dir}", check=True, optimize=True))
+    return _micro_transformer()
+
+
+# Modules in the order the two xdist workers should take them (`--no-loadscope-reorder`),
+# heaviest first so that no worker is left with a long module at the end; the wall seconds
+# are one suite run's (Session 18). The modules that use the micro models come after the
+# four heaviest, by when the background build (below) has finished. Unlisted modules run
+# last, in file order.
+MODULE_ORDER = [
+    "test_reliability.py",  # 213 s
+    "test_multiprocess.py",  # 184 s
+    "test_sharding.py",  # 163 s
+    "test_cli_tokenizer.py",  # 162 s
+    "test_cli_transformer.py",  # 245 s, and the micro models
+    "test_story.py",  # 100 s, and the micro models
+    "test_losses.py",  # 85 s
+    "test_cvivit.py",  # 76 s
+    "test_files.py",  # 59 s
+    "test_maskgit.py",  # 47 s
+    "test_shapes_world.py",  # 39 s
+]
+
+
+def pytest_collection_modifyitems(session, config, items):
+    rank = {name: i for i, name in enumerate(MODULE_ORDER)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: modules stay whole
+    # Start training the micro models now, in the background, if any collected test needs
+    # them: waiting for them when the first such test starts left a core idle for minutes.
+    # Every process that collects starts this; `shared_workdir` builds them once.
+    if any({"micro_tokenizer_dir", "micro_transformer_dir"} & set(item.fixturenames)
+           for item in items):
+        threading.Thread(target=_build_in_background, daemon=True).start()
+
+
+def _build_in_background() -> None:
+    try:
+        _micro_transformer()
+    except Exception:  # noqa: BLE001 - the fixtures rebuild and report the failure
+        pass
+
+
+def pytest_sessionfinish(session, exitstatus):
+    for child in _CHILDREN:
+        if child.poll() is None:
+            child.kill()
