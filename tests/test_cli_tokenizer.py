@@ -14,7 +14,10 @@ from phenaki_jax.data import shapes_world, video
 MICRO = ["--config=configs/cvivit.py:variant=tiny", "--config.total_steps=6",
          "--config.batch_size=4", "--config.model.width=32", "--config.model.mlp_dim=64",
          "--config.log_every_steps=2", "--config.checkpoint_every_steps=3",
-         "--config.eval_batches=1", "--config.warmup_steps=1"]
+         "--config.eval_batches=1", "--config.warmup_steps=1",
+         # One layer per stack: what these tests check does not depend on depth, and each
+         # layer adds ~5 s of compilation to every process (Session 18).
+         "--config.model.spatial_layers=1", "--config.model.temporal_layers=1"]
 
 
 def assert_one_line_error(proc, *needles):

@@ -21,7 +21,8 @@ CONFIG = ["--config=configs/cvivit.py:variant=tiny", f"--config.total_steps={STE
           "--config.model.codebook_size=64", "--config.warmup_steps=5",
           "--config.log_every_steps=1", "--config.checkpoint_every_steps=1000",
           "--config.eval_batches=0",
-          "--config.quantizer.restart_every_steps=7"]
+          "--config.quantizer.restart_every_steps=7",
+          "--config.model.spatial_layers=1", "--config.model.temporal_layers=1"]
 
 # The same steps in one process on a mesh of two devices, fed the global batch the two
 # processes assemble (process 0's shard of the stream, then process 1's).

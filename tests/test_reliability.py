@@ -20,7 +20,8 @@ MICRO = ["--config=configs/cvivit.py:variant=tiny", "--config.total_steps=40",
          "--config.batch_size=4", "--config.model.width=32", "--config.model.mlp_dim=64",
          "--config.model.patch_size=8", "--config.log_every_steps=1",
          "--config.checkpoint_every_steps=10", "--config.eval_batches=0",
-         "--config.warmup_steps=5", "--config.quantizer.restart_every_steps=7"]
+         "--config.warmup_steps=5", "--config.quantizer.restart_every_steps=7",
+         "--config.model.spatial_layers=1", "--config.model.temporal_layers=1"]
 
 
 def train_cmd(workdir, *extra):

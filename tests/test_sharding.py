@@ -69,7 +69,8 @@ def test_checkpoint_from_8_device_mesh_resumes_on_one_device(tmp_path):
     common = ["--config=configs/cvivit.py:variant=tiny", "--config.batch_size=4",
               "--config.model.width=32", "--config.model.mlp_dim=64",
               "--config.log_every_steps=1", "--config.checkpoint_every_steps=3",
-              "--config.eval_batches=0", f"--workdir={tmp_path}"]
+              "--config.eval_batches=0", "--config.model.spatial_layers=1",
+              "--config.model.temporal_layers=1", f"--workdir={tmp_path}"]
     env8 = subprocess_env(XLA_FLAGS="--xla_force_host_platform_device_count=8")
     first = subprocess.run([sys.executable, "-m", "phenaki_jax.train", *common,
                             "--config.total_steps=3", "--config.mesh.data=4",
