@@ -1,5 +1,5 @@
 """Shared fixtures. Heavy ones (a trained micro tokenizer and transformer) are built once per
-test run, whichever xdist worker needs them first."""
+test run, in the background from collection on, by whichever xdist worker gets there first."""
 
 from __future__ import annotations
 
@@ -171,9 +171,9 @@ def micro_transformer_dir(micro_tokenizer_dir):
 
 # Modules in the order the two xdist workers should take them (`--no-loadscope-reorder`),
 # heaviest first so that no worker is left with a long module at the end; the wall seconds
-# are one suite run's (Session 18). The modules that use the micro models come after the
-# four heaviest, by when the background build (below) has finished. Unlisted modules run
-# last, in file order.
+# are one suite run's (Session 18, before the fault-injection tests went to one layer). The
+# modules that use the micro models come after the four heaviest, by when the background
+# build (below) has finished. Unlisted modules run last, in file order.
 MODULE_ORDER = [
     "test_reliability.py",  # 213 s
     "test_multiprocess.py",  # 184 s
