@@ -23,7 +23,8 @@ lint: $(STAMP)
 # The commands re-execute themselves with this glibc tunable (phenaki_jax/cli.py); the tests
 # that train in the pytest process itself get it here. Two xdist workers, a module each at a
 # time (module fixtures are built once): much of a test's time is single-threaded (imports,
-# XLA compilation, checkpoint I/O), so two keep both cores busy.
+# XLA compilation, checkpoint I/O), so two keep both cores busy. The modules run in the order
+# tests/conftest.py gives them (heaviest first), not xdist's most-tests-first.
 test: $(STAMP) lint
 	GLIBC_TUNABLES=$${GLIBC_TUNABLES:+$$GLIBC_TUNABLES:}glibc.malloc.hugetlb=1 \
 		$(PY) -m pytest -q -x -n 2 --dist loadscope --no-loadscope-reorder --durations=15 tests
