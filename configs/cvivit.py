@@ -57,7 +57,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # attention the tiny tokenizer spread black patches over 225 codes (3.6 nats of code
     # entropy at a fixed position, set by where the object is), which the transformer must then
     # predict; local codes cost 0.8 dB of PSNR and made its samples follow the prompt far more
-    # often (README, Measurements). The decoder always attends globally.
+    # often (docs/experiments.md). The decoder always attends globally.
     c.model.encoder_window = 0 if args.variant == "tiny" else -1
     c.model.code_dim = 32
     c.model.dtype = "float32" if args.variant == "tiny" else "bfloat16"

@@ -19,10 +19,10 @@ _SIZES = {
     # Width 128 rather than 256: in the same wall time the narrower model takes ~1.9x the
     # steps, and steps are what prompt adherence lacks (in distribution 15% at 256 x 1500,
     # 22% at 256 x 3000, ~50-60% at 128 x 6000, 74-77% at 128 x 7000, 86-88% at 128 x 10000;
-    # README, Measurements). 10000 steps took 40 min on a ~200 GFLOP/s 2-core CPU. 7000 kept
+    # docs/experiments.md). 10000 steps took 40 min on a ~200 GFLOP/s 2-core CPU. 7000 kept
     # `make demo` within 25 minutes on a faster CPU, but missed the 80% in-distribution
     # target, and mostly the 90% story continuity, both of which 10000 reaches (continuity
-    # in three of four measurements; README, "Session 12").
+    # in three of four measurements; docs/experiments.md, "Session 12").
     "tiny": dict(width=128, num_layers=4, num_heads=4, mlp_dim=512, grid=(6, 4, 4),
                  vocab_size=1024, resolution=32, batch_size=16, total_steps=10_000,
                  learning_rate=1e-3, encoder="trainable", text_length=32, text_dim=128),
@@ -56,13 +56,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.log_every_steps = 100
     c.eval_batches = 8
     # Target smoothing of the masked-token cross-entropy, MaskGIT's 0.1. tiny, measured on the
-    # demo's tokenizer (240 clips per set, README "Session 8"): held-out compositions followed
-    # their prompt 37% of the time instead of 13%, in distribution 60% instead of 66%, and
-    # 3-prompt stories were continuous 57-63% of the time instead of 50-53%.
+    # demo's tokenizer (240 clips per set, docs/experiments.md, "Session 8"): held-out
+    # compositions followed their prompt 37% of the time instead of 13%, in distribution 60%
+    # instead of 66%, and 3-prompt stories were continuous 57-63% of the time instead of
+    # 50-53%.
     c.label_smoothing = 0.1
     # No EMA of the weights for sampling. tiny, measured on the demo's run (its raw weights
-    # are bit for bit the demo model's; README "Session 12"): with decay 0.999, held-out
-    # compositions 52% -> 31% and stories continuous 80% -> 60%.
+    # are bit for bit the demo model's; docs/experiments.md, "Session 12"): with decay 0.999,
+    # held-out compositions 52% -> 31% and stories continuous 80% -> 60%.
     c.ema_decay = 0.0
     # The frozen C-ViViT whose token ids this transformer learns; its codebook size and token
     # grid must equal `tokens.vocab_size` and `tokens.grid` (checked when it is read).

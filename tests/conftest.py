@@ -66,10 +66,11 @@ def shared_workdir(name: str, build: Callable[[str], object]) -> str:
 # processes tests start. Tests run a few steps of small models, so compiling dominates them:
 # level 0 halves the compile time of a tiny tokenizer's train step (11 -> 6.5 s here) and
 # makes the step itself ~2.5x slower (15 -> 40 ms). The suite's CPU time fell from 32.5 to
-# 26.4 min, its wall time from 18.6 to 16.1 (README, "Test suite"). The arithmetic is the
-# same IEEE arithmetic (XLA's fast-math is off either way): a resumed run compiled at level 0
-# repeats an optimised run's losses to 1e-5. The trained fixtures below run hundreds of steps
-# and compile optimised; PHENAKI_TEST_OPTIMIZE=1 compiles everything optimised.
+# 26.4 min, its wall time from 18.6 to 16.1 (docs/experiments.md, "Session 15"). The
+# arithmetic is the same IEEE arithmetic (XLA's fast-math is off either way): a resumed run
+# compiled at level 0 repeats an optimised run's losses to 1e-5. The trained fixtures below
+# run hundreds of steps and compile optimised; PHENAKI_TEST_OPTIMIZE=1 compiles everything
+# optimised.
 FAST_COMPILE = "--xla_backend_optimization_level=0"
 
 

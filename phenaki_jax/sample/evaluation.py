@@ -59,7 +59,7 @@ def keep_inside(resolution: int, new_frames: int) -> Callable[[Any, int, np.ndar
 
     The world never shows an object leaving the canvas (every clip keeps it inside), so a
     prompt that forces it out asks for something no training clip shows; without this, about
-    a third of random 3-prompt stories do (README, Prompt adherence).
+    a third of random 3-prompt stories do (README, phenaki-eval).
     """
     from phenaki_jax.data import shapes_world as sw
 
