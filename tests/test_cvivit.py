@@ -201,6 +201,39 @@ def test_dead_code_restart_replaces_only_dead_codes_from_badly_fit_tokens():
                                np.linalg.norm(np.asarray(codebook), axis=-1), rtol=1e-5)
 
 
+def test_masked_tokens_are_left_out_of_loss_usage_and_restart_candidates():
+    """Reference: the same quantizer applied to the real tokens alone."""
+    vq = quantizers.FactorizedVQ(codebook_size=8, code_dim=4, usage_decay=0.5)
+    z = jax.random.normal(jax.random.key(7), (2, 6, 4))
+    mask = jnp.array([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]], jnp.float32)
+    variables = vq.init(jax.random.key(8), z)
+    out, new = vq.apply(variables, z, update_stats=True, mask=mask, mutable=["vq_stats"])
+    real = jnp.concatenate([z[0, :4], z[1]])
+    ref, ref_new = vq.apply(variables, real, update_stats=True, mutable=["vq_stats"])
+    for k in ("loss", "perplexity", "batch_usage"):
+        np.testing.assert_allclose(float(out[k]), float(ref[k]), rtol=1e-5, err_msg=k)
+    np.testing.assert_allclose(np.asarray(new["vq_stats"]["usage"]),
+                               np.asarray(ref_new["vq_stats"]["usage"]), rtol=1e-5)
+    errors = np.asarray(out["errors"])
+    np.testing.assert_array_equal(errors[0, 4:], 0.0)
+    np.testing.assert_allclose(np.concatenate([errors[0, :4], errors[1]]),
+                               np.asarray(ref["errors"]), rtol=1e-5)
+
+
+def test_restart_never_draws_a_candidate_without_error():
+    k, d = 6, 4
+    codebook = jax.random.normal(jax.random.key(0), (k, d))
+    usage = jnp.array([0.5, 0.5, 0.0, 0.0, 0.0, 0.0])  # four dead codes
+    candidates = quantizers.l2_normalize(jax.random.normal(jax.random.key(1), (16, d)))
+    errors = jnp.zeros((16,)).at[3].set(0.2).at[11].set(1e-6)  # only two drawable
+    new_cb, _, n = quantizers.restart_dead_codes(codebook, usage, candidates, errors,
+                                                 jax.random.key(2), threshold=0.5)
+    assert int(n) == 4
+    match = np.asarray(quantizers.l2_normalize(new_cb[2:])) @ np.asarray(candidates).T
+    assert (match.max(axis=1) > 0.99).all()
+    assert set(match.argmax(axis=1)) == {3, 11}  # each twice, never a zero-error candidate
+
+
 def test_paper_parameter_count_is_about_50m():
     c = load_config("cvivit", "variant=paper")
     model = CViViT.from_config(c)

@@ -112,3 +112,41 @@ def test_discriminator_waits_for_its_start_step():
     for a, b in zip(jax.tree.leaves(new.aux["disc_params"]),
                     jax.tree.leaves(state.aux["disc_params"]), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_an_images_padding_frames_change_nothing_in_a_training_step():
+    """An image is frame 0 and zero padding: its padding tokens must not reach the VQ loss, the
+    usage statistics, the dead-code restart, the discriminator or the eval's code counts, so
+    the step is the same whatever the padding holds."""
+    c = load_config("cvivit")
+    c.loss.adversarial_weight = 0.1
+    c.loss.perceptual_weight = 0.1
+    c.loss.adversarial_start_step = 0
+    c.warmup_steps = 0
+    c.discriminator.channels = 8
+    c.batch_size = 2
+    c.data.num_frames = 5  # two tubelets: an image has two padding token frames
+    c.model.width, c.model.mlp_dim = 32, 64
+    c.quantizer.restart_every_steps = 1  # codes unused in step 0 restart at once
+    trainer.validate(c, 1)
+    stage = trainer.make_stage(c)
+    state = nn.unbox(stage.init(jax.random.key(0)))
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (2, 5, 32, 32, 3), dtype=np.uint8)
+    is_image = jnp.array([1, 0], jnp.int32)
+    zero_padded = frames.copy()
+    zero_padded[0, 1:] = 0
+    step = jax.jit(stage.train_step)
+    evaluate = jax.jit(stage.eval_step)
+    outs = [(step(state, {"frames": jnp.asarray(f), "is_image": is_image}),
+             evaluate(state, {"frames": jnp.asarray(f), "is_image": is_image}))
+            for f in (zero_padded, frames)]
+    (new_a, metrics_a), eval_a = outs[0]
+    (new_b, metrics_b), eval_b = outs[1]
+    assert float(metrics_a["restarted_codes"]) > 0  # the unused codes restarted
+    for a, b in zip(jax.tree.leaves((new_a, metrics_a, eval_a)),
+                    jax.tree.leaves((new_b, metrics_b, eval_b)), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+    # 32x32 frames in 8x8 patches: 16 tokens per token frame; the image has one real token
+    # frame, the video three.
+    assert float(eval_a["code_counts"].sum()) == 16 * (1 + 3)

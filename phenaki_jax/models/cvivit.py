@@ -174,8 +174,13 @@ class CViViT(nn.Module):
         return token_frames
 
     # -- public API -----------------------------------------------------------------------
-    def encode(self, video: Array, update_stats: bool = False) -> dict[str, Array]:
-        """video float [B, T, H, W, 3] in [-1, 1] -> quantizer outputs; `ids` [B, t, h, w]."""
+    def encode(self, video: Array, update_stats: bool = False,
+               token_mask: Array | None = None) -> dict[str, Array]:
+        """video float [B, T, H, W, 3] in [-1, 1] -> quantizer outputs; `ids` [B, t, h, w].
+
+        `token_mask` [B, t] (1 for a real token frame, 0 for padding) is the quantizer's mask:
+        an image padded to T frames has real tokens only in token frame 0.
+        """
         t_tok = self._check_frames(video.shape[1])
         first, rest = self._patchify(video.astype(self.dtype))
         x = self.embed_first(first)
@@ -187,7 +192,8 @@ class CViViT(nn.Module):
         x = self._spatial(x, self.enc_spatial, self.encoder_window)
         x = self._temporal(x, self.enc_temporal, self.encoder_window)
         z = self.to_code(self.enc_norm(x).astype(jnp.float32))
-        return self.quantizer(z, update_stats=update_stats)
+        mask = None if token_mask is None else token_mask[:, :, None, None]
+        return self.quantizer(z, update_stats=update_stats, mask=mask)
 
     def decode_codes(self, codes: Array) -> Array:
         """Unit code vectors [B, t, h, w, code_dim] -> float frames [B, 1 + 2(t-1), H, W, 3]."""
@@ -211,8 +217,9 @@ class CViViT(nn.Module):
         """float [B, T, H, W, 3] -> int32 ids [B, t, h, w]."""
         return self.encode(video)["ids"]
 
-    def __call__(self, video: Array, update_stats: bool = False) -> dict[str, Array]:
+    def __call__(self, video: Array, update_stats: bool = False,
+                 token_mask: Array | None = None) -> dict[str, Array]:
         """Encode, quantize, decode. Returns `recon` (float, like `video`) and VQ outputs."""
-        out = self.encode(video, update_stats=update_stats)
+        out = self.encode(video, update_stats=update_stats, token_mask=token_mask)
         out["recon"] = self.decode_codes(out["quantized"])
         return out

@@ -48,12 +48,18 @@ class FactorizedVQ(nn.Module):
         """ids int32 [...] -> unit code vectors [..., code_dim]."""
         return jnp.take(self.normalized_codebook(), ids, axis=0)
 
-    def __call__(self, z: Array, update_stats: bool = False) -> dict[str, Array]:
+    def __call__(self, z: Array, update_stats: bool = False, mask: Array | None = None
+                 ) -> dict[str, Array]:
         """z: [..., code_dim] (any scale; normalised here).
+
+        `mask` (broadcastable to `z.shape[:-1]`, 1 for a real token, 0 for padding, such as the
+        tokens of an image's padding frames) keeps padding out of the loss, the usage
+        statistics and the restart candidates: a codebook that also fit the padding would spend
+        codes on it. Without a mask every token counts.
 
         Returns `quantized` (straight-through, same shape), `ids` int32 [...], `loss` (codebook
         + commitment), `z` (the normalised inputs) and `errors` (their squared distance to the
-        chosen code), both for restarts, and usage metrics.
+        chosen code; 0 for padding), both for restarts, and usage metrics.
         """
         z = l2_normalize(z)
         codebook = self.normalized_codebook()
@@ -61,13 +67,21 @@ class FactorizedVQ(nn.Module):
         sim = jnp.einsum("...d,kd->...k", z, codebook)
         ids = jnp.argmax(sim, axis=-1).astype(jnp.int32)
         q = jnp.take(codebook, ids, axis=0)
-        codebook_loss = jnp.mean(jnp.square(jax.lax.stop_gradient(z) - q))
-        commitment = jnp.mean(jnp.square(z - jax.lax.stop_gradient(q)))
+        weight = (jnp.ones(ids.shape, jnp.float32) if mask is None
+                  else jnp.broadcast_to(mask, ids.shape).astype(jnp.float32))
+        real = jnp.maximum(weight.sum(), 1.0)
+
+        def mean_over_real(sq: Array) -> Array:
+            return jnp.sum(sq.mean(axis=-1) * weight) / real
+
+        codebook_loss = mean_over_real(jnp.square(jax.lax.stop_gradient(z) - q))
+        commitment = mean_over_real(jnp.square(z - jax.lax.stop_gradient(q)))
         loss = codebook_loss + self.commitment_weight * commitment
         quantized = z + jax.lax.stop_gradient(q - z)
 
-        counts = jnp.zeros((self.codebook_size,), jnp.float32).at[ids.reshape(-1)].add(1.0)
-        share = counts / ids.size
+        counts = jnp.zeros((self.codebook_size,), jnp.float32).at[ids.reshape(-1)].add(
+            weight.reshape(-1))
+        share = counts / real
         entropy = -jnp.sum(jnp.where(share > 0, share * jnp.log(share), 0.0))
         if update_stats and not self.is_initializing():
             self.usage.value = self.usage_decay * self.usage.value + (1 - self.usage_decay) * share
@@ -76,7 +90,7 @@ class FactorizedVQ(nn.Module):
             "ids": ids,
             "loss": loss,
             "z": z,
-            "errors": jnp.sum(jnp.square(jax.lax.stop_gradient(z - q)), axis=-1),
+            "errors": weight * jnp.sum(jnp.square(jax.lax.stop_gradient(z - q)), axis=-1),
             "perplexity": jnp.exp(entropy),
             "batch_usage": jnp.mean((counts > 0).astype(jnp.float32)),
         }
@@ -87,8 +101,9 @@ def restart_dead_codes(codebook: Array, usage: Array, candidates: Array, errors:
     """Restarts codes whose usage EMA is below `threshold` x the uniform share 1/K.
 
     codebook [K, d]; usage [K]; candidates [N, d] unit encoder outputs of the current batch and
-    errors [N] their squared distance to the code they were assigned. New codes are drawn from
-    the candidates with probability proportional to that error (k-means++ style): in a data set
+    errors [N] their squared distance to the code they were assigned; a candidate with error 0
+    (padding, or a token already on its code) is never drawn. New codes are drawn from the
+    candidates with probability proportional to that error (k-means++ style): in a data set
     where most tokens are background, uniform draws would restart codes on the background, while
     error-weighted draws put them where the codebook represents the data worst.
     Returns the new codebook, the new usage (restarted codes get the uniform share, so they are
@@ -100,10 +115,14 @@ def restart_dead_codes(codebook: Array, usage: Array, candidates: Array, errors:
     # Gumbel top-k: distinct candidates, each kept with probability growing with its error.
     # (Independent draws pile many dead codes onto the same few tokens; all but one of those
     # die again.) The r-th dead code takes the r-th ranked candidate.
-    scores = jnp.log(jnp.maximum(errors, 1e-12)) + jax.random.gumbel(rng, (n,))
+    scores = jnp.where(errors > 0, jnp.log(jnp.maximum(errors, 1e-30)), -jnp.inf)
+    scores = scores + jax.random.gumbel(rng, (n,))
     ranked = jnp.argsort(-scores)
     rank_of_code = jnp.cumsum(dead) - 1
-    picks = ranked[jnp.clip(rank_of_code, 0, None) % n]
+    # More dead codes than drawable candidates: go round the drawable ones again (the noise
+    # below separates the copies).
+    drawable = jnp.maximum(jnp.sum(errors > 0), 1)
+    picks = ranked[jnp.clip(rank_of_code, 0, None) % drawable]
     noise = 0.01 * jax.random.normal(jax.random.fold_in(rng, 1), codebook.shape)
     fresh = l2_normalize(candidates[picks] + noise)
     # Keep the stored scale of the codebook: only directions matter after normalisation.

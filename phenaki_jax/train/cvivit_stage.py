@@ -66,6 +66,14 @@ def frame_weights(batch: dict[str, Array]) -> Array:
     return jnp.where(is_image, first, True).astype(jnp.float32)
 
 
+def token_frame_weights(batch: dict[str, Array], temporal_patch_size: int) -> Array:
+    """[B, t]: the token frames that `frame_weights` keeps (an image: token frame 0 only).
+    Token frame j > 0 covers frames 1 + (j - 1) * pt ... j * pt; it is real if any is."""
+    w = frame_weights(batch)
+    rest = w[:, 1:].reshape(w.shape[0], -1, temporal_patch_size).max(axis=-1)
+    return jnp.concatenate([w[:, :1], rest], axis=1)
+
+
 class CViViTStage:
     """Builds and trains the tokenizer; the trainer drives it through this interface."""
 
@@ -124,11 +132,17 @@ class CViViTStage:
         rng = jax.random.fold_in(jax.random.key(c.seed), state.step)
         x = frames_to_float(batch["frames"])
         w = frame_weights(batch)
+        token_w = token_frame_weights(batch, c.model.temporal_patch_size)
         adv_on = (state.step >= c.loss.adversarial_start_step).astype(jnp.float32)
+        # The discriminator sees padding frames as a constant in real and fake alike: nothing
+        # to tell apart there, so no gradient asks the decoder to reconstruct padding.
+        keep = w[:, :, None, None, None] > 0
+        hide_padding = lambda v: jnp.where(keep, v, 0.0)
 
         def loss_fn(params: Any) -> tuple[Array, Any]:
             out, new_vars = self.model.apply({"params": params, **state.model_state}, x,
-                                             update_stats=True, mutable=["vq_stats"])
+                                             update_stats=True, token_mask=token_w,
+                                             mutable=["vq_stats"])
             recon = out["recon"]
             err = jnp.square(recon - x).mean(axis=(2, 3, 4))
             l2 = (err * w).sum() / w.sum()
@@ -145,7 +159,8 @@ class CViViTStage:
                 loss = loss + c.loss.perceptual_weight * perc
                 metrics["perceptual"] = perc
             if self.use_adv:
-                fake_logits = self.disc.apply({"params": state.aux["disc_params"]}, recon)
+                fake_logits = self.disc.apply({"params": state.aux["disc_params"]},
+                                              hide_padding(recon))
                 g_loss = disc_lib.generator_loss(fake_logits)
                 loss = loss + adv_on * c.loss.adversarial_weight * g_loss
                 metrics["g_loss"] = g_loss
@@ -166,7 +181,8 @@ class CViViTStage:
 
         aux = state.aux
         if self.use_adv:
-            aux, d_metrics = self._disc_update(state.aux, x, jax.lax.stop_gradient(recon),
+            aux, d_metrics = self._disc_update(state.aux, hide_padding(x),
+                                               hide_padding(jax.lax.stop_gradient(recon)),
                                                adv_on)
             metrics.update(d_metrics)
 
@@ -255,12 +271,14 @@ class CViViTStage:
                   ) -> dict[str, Array]:
         """Per-batch sums, so the trainer can average over batches exactly."""
         variables = {"params": self.inference_params(state), **state.model_state}
-        out = self.model.apply(variables, frames_to_float(batch["frames"]))
+        token_w = token_frame_weights(batch, self.config.model.temporal_patch_size)
+        out = self.model.apply(variables, frames_to_float(batch["frames"]), token_mask=token_w)
         w = frame_weights(batch)
         recon = float_to_frames(out["recon"])
         ids = out["ids"]
+        real = jnp.broadcast_to(token_w[:, :, None, None], ids.shape)
         counts = jnp.zeros((self.config.model.codebook_size,), jnp.float32).at[
-            ids.reshape(-1)].add(1.0)
+            ids.reshape(-1)].add(real.reshape(-1))
         return {"psnr_sum": psnr_per_clip(recon, batch["frames"], w).sum(),
                 "count": jnp.asarray(batch["frames"].shape[0], jnp.float32),
                 "code_counts": counts}
