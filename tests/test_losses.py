@@ -70,16 +70,23 @@ def test_lecam_penalty_matches_formula():
     np.testing.assert_allclose(float(got), want, rtol=1e-6)
 
 
-def test_gan_step_trains_both_players_with_perceptual_loss():
+def small_gan_config(num_frames: int, adversarial_start_step: int = 0,
+                     perceptual_weight: float = 0.1):
+    """A narrow tiny tokenizer with the adversarial (and perceptual) loss on, batch 2."""
     c = load_config("cvivit")
     c.loss.adversarial_weight = 0.1
-    c.loss.perceptual_weight = 0.1
-    c.loss.adversarial_start_step = 0
+    c.loss.perceptual_weight = perceptual_weight
+    c.loss.adversarial_start_step = adversarial_start_step
     c.warmup_steps = 0  # the first step must move the parameters
     c.discriminator.channels = 8
     c.batch_size = 2
-    c.data.num_frames = 3  # the smallest video: first frame + one tubelet
+    c.data.num_frames = num_frames
     c.model.width, c.model.mlp_dim = 32, 64
+    return c
+
+
+def test_gan_step_trains_both_players_with_perceptual_loss():
+    c = small_gan_config(num_frames=3)  # the smallest video: first frame + one tubelet
     trainer.validate(c, 1)
     stage = trainer.make_stage(c)
     state = nn.unbox(stage.init(jax.random.key(0)))
@@ -97,13 +104,7 @@ def test_gan_step_trains_both_players_with_perceptual_loss():
 
 
 def test_discriminator_waits_for_its_start_step():
-    c = load_config("cvivit")
-    c.loss.adversarial_weight = 0.1
-    c.loss.adversarial_start_step = 100
-    c.discriminator.channels = 8
-    c.batch_size = 2
-    c.data.num_frames = 3
-    c.model.width, c.model.mlp_dim = 32, 64
+    c = small_gan_config(num_frames=3, adversarial_start_step=100, perceptual_weight=0.0)
     stage = trainer.make_stage(c)
     state = nn.unbox(stage.init(jax.random.key(0)))
     batch = {"frames": jnp.zeros((2, 3, 32, 32, 3), jnp.uint8),
@@ -118,15 +119,7 @@ def test_an_images_padding_frames_change_nothing_in_a_training_step():
     """An image is frame 0 and zero padding: its padding tokens must not reach the VQ loss, the
     usage statistics, the dead-code restart, the discriminator or the eval's code counts, so
     the step is the same whatever the padding holds."""
-    c = load_config("cvivit")
-    c.loss.adversarial_weight = 0.1
-    c.loss.perceptual_weight = 0.1
-    c.loss.adversarial_start_step = 0
-    c.warmup_steps = 0
-    c.discriminator.channels = 8
-    c.batch_size = 2
-    c.data.num_frames = 5  # two tubelets: an image has two padding token frames
-    c.model.width, c.model.mlp_dim = 32, 64
+    c = small_gan_config(num_frames=5)  # two tubelets: an image has two padding token frames
     c.quantizer.restart_every_steps = 1  # codes unused in step 0 restart at once
     trainer.validate(c, 1)
     stage = trainer.make_stage(c)
