@@ -246,3 +246,15 @@ def test_paper_parameter_count_is_about_50m():
     estimate = layers * per_layer + head
     assert abs(n - estimate) / estimate < 0.05
     assert 45e6 < n < 55e6
+
+
+@pytest.mark.parametrize("num_frames", [1, 5, 11])
+def test_token_frame_weights_keep_an_images_first_token_frame_only(num_frames):
+    from phenaki_jax.train.cvivit_stage import token_frame_weights
+
+    batch = {"frames": jnp.zeros((3, num_frames, 8, 8, 3), jnp.uint8),
+             "is_image": jnp.array([1, 0, 1], jnp.int32)}
+    t = 1 + (num_frames - 1) // 2
+    want = np.ones((3, t))
+    want[[0, 2], 1:] = 0  # images: token frame 0 holds frame 0, the rest is padding
+    np.testing.assert_array_equal(np.asarray(token_frame_weights(batch, 2)), want)

@@ -70,7 +70,8 @@ def token_frame_weights(batch: dict[str, Array], temporal_patch_size: int) -> Ar
     """[B, t]: the token frames that `frame_weights` keeps (an image: token frame 0 only).
     Token frame j > 0 covers frames 1 + (j - 1) * pt ... j * pt; it is real if any is."""
     w = frame_weights(batch)
-    rest = w[:, 1:].reshape(w.shape[0], -1, temporal_patch_size).max(axis=-1)
+    b, t = w.shape
+    rest = w[:, 1:].reshape(b, (t - 1) // temporal_patch_size, temporal_patch_size).max(-1)
     return jnp.concatenate([w[:, :1], rest], axis=1)
 
 
