@@ -48,6 +48,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # pairs: at 30000 steps they lift those pairs 26.0 -> 28.5 dB, at 10000 not yet
     # (docs/experiments.md, "Session 20").
     c.data.name = f"shapes_world_videos_mix_{size['resolution']}"
+    # The image stream: this many images per step beside the batch, each coded as a one-frame
+    # clip (one token frame, where an image padded into the batch costs six), frame 0 of the
+    # examples of `image_name`. 0 turns it off.
+    c.data.image_batch_size = 0
+    c.data.image_name = f"shapes_world_images_{size['resolution']}"
 
     c.model = ml_collections.ConfigDict()
     for k in ("width", "spatial_layers", "temporal_layers", "num_heads", "mlp_dim",

@@ -50,6 +50,7 @@ def test_paper_variant_matches_paper_sizes():
     ("eval_batches", -1, "config.eval_batches"),
     ("model.dtype", "float16", "config.model.dtype"),
     ("model.encoder_window", -2, "config.model.encoder_window"),
+    ("data.image_batch_size", -1, "config.data.image_batch_size"),
 ])
 def test_impossible_config_names_the_field(field, value, needle):
     c = load_config("cvivit")
@@ -77,6 +78,16 @@ def test_mesh_must_match_devices():
     with pytest.raises(config_lib.ConfigError, match="config.batch_size"):
         trainer.validate(c, num_devices=8)
     assert config_lib.mesh_shape(c, 8) == {"data": 4, "model": 2}
+    c.batch_size, c.data.image_batch_size = 8, 6
+    with pytest.raises(config_lib.ConfigError, match="config.data.image_batch_size"):
+        trainer.validate(c, num_devices=8)
+
+
+def test_the_image_stream_needs_a_task_name():
+    c = load_config("cvivit")
+    c.data.image_batch_size, c.data.image_name = 4, ""
+    with pytest.raises(config_lib.ConfigError, match="config.data.image_name"):
+        trainer.validate(c, num_devices=1)
 
 
 def test_unknown_config_argument_and_variant():

@@ -258,3 +258,47 @@ def test_token_frame_weights_keep_an_images_first_token_frame_only(num_frames):
     want = np.ones((3, t))
     want[[0, 2], 1:] = 0  # images: token frame 0 holds frame 0, the rest is padding
     np.testing.assert_array_equal(np.asarray(token_frame_weights(batch, 2)), want)
+
+
+def test_an_image_coded_beside_the_videos_equals_the_image_as_a_one_frame_clip():
+    """`images=`: one-frame clips quantized in one set with the videos' real tokens. Reference:
+    each coded alone by the ordinary path, the quantizer's loss and usage on the union of
+    their real tokens."""
+    c = load_config("cvivit")
+    c.data.num_frames = 5
+    c.model.width, c.model.mlp_dim, c.model.codebook_size = 32, 64, 16
+    model = CViViT.from_config(c)
+    rng = np.random.default_rng(3)
+    videos = jnp.asarray(rng.uniform(-1, 1, (2, 5, 32, 32, 3)), jnp.float32)
+    images = jnp.asarray(rng.uniform(-1, 1, (3, 1, 32, 32, 3)), jnp.float32)
+    mask = jnp.array([[1, 1, 1], [1, 0, 0]], jnp.float32)  # the second clip is an image
+    variables = model.init(jax.random.key(0), videos)
+    both, stats = model.apply(variables, videos, update_stats=True, token_mask=mask,
+                              images=images, mutable=["vq_stats"])
+    vid = model.apply(variables, videos, token_mask=mask)
+    img = model.apply(variables, images)
+    np.testing.assert_array_equal(np.asarray(both["ids"]), np.asarray(vid["ids"]))
+    np.testing.assert_array_equal(np.asarray(both["image_ids"]), np.asarray(img["ids"]))
+    np.testing.assert_allclose(np.asarray(both["recon"]), np.asarray(vid["recon"]), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(both["image_recon"]), np.asarray(img["recon"]),
+                               atol=1e-5)
+    # The quantizer alone on exactly the real tokens: video 0 all 3 token frames, video 1
+    # token frame 0, every image token.
+    d = c.model.code_dim
+    zv = model.apply(variables, videos, method=CViViT.latents)
+    zi = model.apply(variables, images, method=CViViT.latents)
+    real = jnp.concatenate([zv[0].reshape(-1, d), zv[1, :1].reshape(-1, d), zi.reshape(-1, d)])
+    vq = quantizers.FactorizedVQ(c.model.codebook_size, d, c.quantizer.commitment_weight,
+                                 c.quantizer.usage_decay)
+    ref, ref_stats = vq.apply({"params": variables["params"]["quantizer"],
+                               "vq_stats": variables["vq_stats"]["quantizer"]}, real,
+                              update_stats=True, mutable=["vq_stats"])
+    for k in ("loss", "perplexity", "batch_usage"):
+        np.testing.assert_allclose(float(both[k]), float(ref[k]), rtol=1e-5, err_msg=k)
+    np.testing.assert_allclose(np.asarray(stats["vq_stats"]["quantizer"]["usage"]),
+                               np.asarray(ref_stats["vq_stats"]["usage"]), rtol=1e-5)
+    errors = np.asarray(both["errors"])
+    np.testing.assert_allclose(np.sort(errors[errors > 0]), np.sort(np.asarray(ref["errors"])),
+                               rtol=1e-5)
+    with pytest.raises(ValueError, match="one-frame clips"):
+        model.apply(variables, videos, images=videos)

@@ -143,3 +143,45 @@ def test_an_images_padding_frames_change_nothing_in_a_training_step():
     # 32x32 frames in 8x8 patches: 16 tokens per token frame; the image has one real token
     # frame, the video three.
     assert float(eval_a["code_counts"].sum()) == 16 * (1 + 3)
+
+
+def test_the_image_stream_trains_exactly_as_images_padded_into_the_batch():
+    """`data.image_batch_size`: images beside the batch, each coded as a one-frame clip. The
+    reference is the other path: the same images padded to T frames inside the batch, whose
+    padding the test above shows changes nothing. With causal layers the two must give the
+    same step, discriminator and all, at a third of the tokens per image here."""
+    rng = np.random.default_rng(1)
+    videos = rng.integers(0, 256, (2, 5, 32, 32, 3), dtype=np.uint8)
+    images = rng.integers(0, 256, (2, 1, 32, 32, 3), dtype=np.uint8)
+    results = []
+    for stream in (True, False):
+        c = small_gan_config(num_frames=5, perceptual_weight=0.0)
+        c.quantizer.restart_every_steps = 100  # not a restart step: its draws follow layout
+        if stream:
+            c.data.image_batch_size = 2
+            batch = {"frames": videos, "is_image": np.zeros((2,), np.int32),
+                     "image_frames": images}
+        else:
+            c.batch_size = 4
+            padded = np.concatenate([images, np.zeros((2, 4, 32, 32, 3), np.uint8)], axis=1)
+            batch = {"frames": np.concatenate([videos, padded]),
+                     "is_image": np.array([0, 0, 1, 1], np.int32)}
+        trainer.validate(c, 1)
+        stage = trainer.make_stage(c)
+        assert set(stage.example_batch()) == set(batch)
+        state = nn.unbox(stage.init(jax.random.key(0)))
+        new, metrics = jax.jit(stage.train_step)(state, jax.tree.map(jnp.asarray, batch))
+        keep = ("loss", "l2", "vq_loss", "g_loss", "d_loss", "perplexity", "batch_usage",
+                "grad_norm")
+        results.append((new, {k: metrics[k] for k in keep}))
+    (new_s, metrics_s), (new_p, metrics_p) = results
+    assert float(metrics_s["d_loss"]) > 0 and float(metrics_s["g_loss"]) > 0
+    close = lambda a, b, **tol: [np.testing.assert_allclose(np.asarray(x), np.asarray(y), **tol)
+                                 for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b),
+                                                 strict=True)]
+    close(metrics_s, metrics_p, rtol=1e-5)
+    close((new_s.opt_state, new_s.model_state), (new_p.opt_state, new_p.model_state),
+          rtol=1e-3, atol=1e-9)
+    # Adam's first step moves each parameter by about the learning rate (2e-3 here) whatever
+    # its gradient's size, so float noise in a near-zero gradient shows up at ~1e-5.
+    close((new_s.params, new_s.aux), (new_p.params, new_p.aux), atol=1e-4)

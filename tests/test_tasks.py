@@ -193,3 +193,37 @@ def test_a_task_without_context_frames_has_none():
     assert batch["context_frames"].dtype == np.int32
     np.testing.assert_array_equal(batch["context_frames"], [0, 0])
     assert batch["frames"].shape == (2, 11, 32, 32, 3)
+
+
+def test_the_image_stream_reads_frame_0_of_its_task_in_step_with_the_batches():
+    """Reference: the spec's renderer (`render_features`), by the index each host reads."""
+    from conftest import load_config
+
+    from phenaki_jax import config_lib
+    from phenaki_jax.data import pipeline
+
+    config = load_config("cvivit")
+    config.batch_size, config.data.image_batch_size = 2, 4
+    assert config.data.image_name == tasks.task_name("image", 32)
+
+    def images(split, *indices):
+        return np.stack([tasks.render_features("image", split, i, 32)["frames"][:1]
+                         for i in indices])
+
+    batches = pipeline.host_batches(config, "train")
+    for n in range(2):
+        batch = next(batches)
+        assert batch["frames"].shape == (2, 11, 32, 32, 3)
+        want = images("train", *range(4 * n, 4 * n + 4))
+        np.testing.assert_array_equal(batch["image_frames"], want)
+    resumed = next(pipeline.host_batches(config, "validation", start_batch=1))
+    np.testing.assert_array_equal(resumed["image_frames"], images("validation", 4, 5, 6, 7))
+    # Host 1 of 2 reads examples 1, 3, 5, ... of its shard, two per batch.
+    host = next(pipeline.host_batches(config, "train", process_index=1, process_count=2))
+    np.testing.assert_array_equal(host["image_frames"], images("train", 1, 3))
+    config.data.image_batch_size = 3
+    with pytest.raises(config_lib.ConfigError, match="config.data.image_batch_size=3"):
+        next(pipeline.host_batches(config, "train", process_index=0, process_count=2))
+    config.data.image_batch_size, config.data.image_name = 2, "no_such_task"
+    with pytest.raises(config_lib.ConfigError, match="no_such_task"):
+        next(pipeline.host_batches(config, "train"))

@@ -110,7 +110,11 @@ def host_batches(
 ) -> Iterator[dict[str, np.ndarray]]:
     """Yields this host's part of each global batch: frames uint8 [b, T, H, W, 3], is_image
     int32 [b], text bytes [b], context_frames int32 [b] (leading frames the caption does not
-    describe); b = global batch size / process count."""
+    describe); b = global batch size / process count.
+
+    With `config.data.image_batch_size` > 0 (the tokenizer's image stream) each batch also
+    holds `image_frames` uint8 [bi, 1, H, W, 3]: frame 0 of the examples of
+    `config.data.image_name`, read in step with the main stream (batch n of both together)."""
     import seqio
     import tensorflow as tf
 
@@ -122,17 +126,26 @@ def host_batches(
         raise config_lib.ConfigError(
             f"config.batch_size={global_batch} is not divisible by the {count} hosts"
         )
-    provider = get_provider(data_name(config))
-    ds = provider.get_dataset(
-        sequence_length=None,
-        split=split,
-        shuffle=False,
-        num_epochs=None,
-        seed=config.seed,
-        use_cached=False,
-        shard_info=seqio.ShardInfo(index=index, num_shards=count),
-    )
-    ds = ds.batch(global_batch // count, drop_remainder=True)
+    image_batch = config.data.get("image_batch_size", 0)
+    if image_batch % count:
+        raise config_lib.ConfigError(
+            f"config.data.image_batch_size={image_batch} is not divisible by the {count} hosts")
+
+    def read(name: str, size: int):  # noqa: ANN202 - a tf.data.Dataset
+        return get_provider(name, config.data.resolution, config.data.num_frames).get_dataset(
+            sequence_length=None,
+            split=split,
+            shuffle=False,
+            num_epochs=None,
+            seed=config.seed,
+            use_cached=False,
+            shard_info=seqio.ShardInfo(index=index, num_shards=count),
+        ).batch(size // count, drop_remainder=True)
+
+    ds = read(data_name(config), global_batch)
+    if image_batch:
+        images = read(config.data.image_name, image_batch).map(lambda ex: ex["frames"][:, :1])
+        ds = tf.data.Dataset.zip(ds, images).map(lambda ex, im: {**ex, "image_frames": im})
     if start_batch:
         ds = ds.skip(start_batch)
     ds = ds.prefetch(config.data.get("prefetch", 2))
@@ -146,6 +159,14 @@ def host_batches(
             )
         # Any registered seqio task may be named; one without `context_frames` has none.
         context = raw.get("context_frames")
-        yield {"frames": frames, "is_image": raw["is_image"].astype(np.int32), "text": raw["text"],
+        out = {"frames": frames, "is_image": raw["is_image"].astype(np.int32), "text": raw["text"],
                "context_frames": (np.zeros(frames.shape[0], np.int32) if context is None
                                   else context.astype(np.int32))}
+        if image_batch:
+            if raw["image_frames"].shape[2:] != want[1:]:
+                raise config_lib.ConfigError(
+                    f"config.data.image_name='{config.data.image_name}' yields frames of shape "
+                    f"{raw['image_frames'].shape[2:]}, but config.data.resolution asks for "
+                    f"{want[1:]}")
+            out["image_frames"] = raw["image_frames"]
+        yield out

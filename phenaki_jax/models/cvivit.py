@@ -174,13 +174,9 @@ class CViViT(nn.Module):
         return token_frames
 
     # -- public API -----------------------------------------------------------------------
-    def encode(self, video: Array, update_stats: bool = False,
-               token_mask: Array | None = None) -> dict[str, Array]:
-        """video float [B, T, H, W, 3] in [-1, 1] -> quantizer outputs; `ids` [B, t, h, w].
-
-        `token_mask` [B, t] (1 for a real token frame, 0 for padding) is the quantizer's mask:
-        an image padded to T frames has real tokens only in token frame 0.
-        """
+    def latents(self, video: Array) -> Array:
+        """video float [B, T, H, W, 3] in [-1, 1] -> the encoder's output before quantization,
+        [B, t, h, w, code_dim] (not normalised)."""
         t_tok = self._check_frames(video.shape[1])
         first, rest = self._patchify(video.astype(self.dtype))
         x = self.embed_first(first)
@@ -191,9 +187,17 @@ class CViViT(nn.Module):
         x = x + self.enc_time_pos[:t_tok].reshape(1, t_tok, 1, 1, d).astype(self.dtype)
         x = self._spatial(x, self.enc_spatial, self.encoder_window)
         x = self._temporal(x, self.enc_temporal, self.encoder_window)
-        z = self.to_code(self.enc_norm(x).astype(jnp.float32))
+        return self.to_code(self.enc_norm(x).astype(jnp.float32))
+
+    def encode(self, video: Array, update_stats: bool = False,
+               token_mask: Array | None = None) -> dict[str, Array]:
+        """video float [B, T, H, W, 3] in [-1, 1] -> quantizer outputs; `ids` [B, t, h, w].
+
+        `token_mask` [B, t] (1 for a real token frame, 0 for padding) is the quantizer's mask:
+        an image padded to T frames has real tokens only in token frame 0.
+        """
         mask = None if token_mask is None else token_mask[:, :, None, None]
-        return self.quantizer(z, update_stats=update_stats, mask=mask)
+        return self.quantizer(self.latents(video), update_stats=update_stats, mask=mask)
 
     def decode_codes(self, codes: Array) -> Array:
         """Unit code vectors [B, t, h, w, code_dim] -> float frames [B, 1 + 2(t-1), H, W, 3]."""
@@ -218,8 +222,36 @@ class CViViT(nn.Module):
         return self.encode(video)["ids"]
 
     def __call__(self, video: Array, update_stats: bool = False,
-                 token_mask: Array | None = None) -> dict[str, Array]:
-        """Encode, quantize, decode. Returns `recon` (float, like `video`) and VQ outputs."""
-        out = self.encode(video, update_stats=update_stats, token_mask=token_mask)
+                 token_mask: Array | None = None, images: Array | None = None
+                 ) -> dict[str, Array]:
+        """Encode, quantize, decode. Returns `recon` (float, like `video`) and VQ outputs.
+
+        `images` float [Bi, 1, H, W, 3], if given, are one-frame clips coded with the videos:
+        their tokens and the videos' real tokens go through the quantizer as one set (one
+        loss, one usage update, one pool of restart candidates), and `image_recon` and
+        `image_ids` [Bi, 1, h, w] are added to the outputs. An image costs one token frame
+        here, where padded to T frames it costs 1 + (T - 1) / pt. `z` and `errors` are then
+        flat over all tokens, videos' first.
+        """
+        if images is None:
+            out = self.encode(video, update_stats=update_stats, token_mask=token_mask)
+            out["recon"] = self.decode_codes(out["quantized"])
+            return out
+        if images.shape[1] != 1:
+            raise ValueError(f"images must be one-frame clips [B, 1, H, W, 3], got {images.shape}")
+        zv, zi = self.latents(video), self.latents(images)
+        d = zv.shape[-1]
+        mv = (jnp.ones(zv.shape[:2], jnp.float32) if token_mask is None
+              else token_mask.astype(jnp.float32))
+        mv = jnp.broadcast_to(mv[:, :, None, None], zv.shape[:-1])
+        out = self.quantizer(
+            jnp.concatenate([zv.reshape(-1, d), zi.reshape(-1, d)]), update_stats=update_stats,
+            mask=jnp.concatenate([mv.reshape(-1), jnp.ones(zi.shape[:-1]).reshape(-1)]))
+        n = mv.size
+        quantized, ids = out["quantized"], out["ids"]
+        out["quantized"] = quantized[:n].reshape(zv.shape)
+        out["ids"] = ids[:n].reshape(zv.shape[:-1])
+        out["image_ids"] = ids[n:].reshape(zi.shape[:-1])
         out["recon"] = self.decode_codes(out["quantized"])
+        out["image_recon"] = self.decode_codes(quantized[n:].reshape(zi.shape))
         return out

@@ -37,6 +37,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
               "lecam_weight", "adversarial_start_step"):
         if loss[f] < 0:
             raise config_lib.ConfigError(f"config.loss.{f} must be >= 0")
+    images = config.data.get("image_batch_size", 0)
+    if not isinstance(images, int) or isinstance(images, bool) or images < 0:
+        raise config_lib.ConfigError(
+            f"config.data.image_batch_size must be an integer >= 0, got {images!r}")
+    if images and not config.data.get("image_name"):
+        raise config_lib.ConfigError(
+            "config.data.image_name must name the seqio task of the image stream when "
+            "config.data.image_batch_size > 0")
     if loss.adversarial_weight > 0:
         r = config.data.resolution
         if r < 8 or r & (r - 1):
@@ -96,17 +104,24 @@ class CViViTStage:
             self.perceptual = Perceptual("alexnet")
         self.tokens_shape = token_grid(config.data.num_frames, config.data.resolution,
                                        config.model.patch_size, config.model.temporal_patch_size)
+        # The image stream (`data.image_batch_size` > 0): one-frame clips beside the batch.
+        self.image_batch_size = config.data.get("image_batch_size", 0)
+        self.batch_axes = {"frames": ("batch", "time", "height", "width", "channels"),
+                           "is_image": ("batch",)}
+        if self.image_batch_size:
+            self.batch_axes["image_frames"] = self.batch_axes["frames"]
 
     # -- shapes -----------------------------------------------------------------------------
     def example_batch(self, batch_size: int | None = None) -> dict[str, Array]:
         c = self.config
         b = c.batch_size if batch_size is None else batch_size
         r = c.data.resolution
-        return {"frames": jnp.zeros((b, c.data.num_frames, r, r, 3), jnp.uint8),
-                "is_image": jnp.zeros((b,), jnp.int32)}
-
-    batch_axes = {"frames": ("batch", "time", "height", "width", "channels"),
-                  "is_image": ("batch",)}
+        batch = {"frames": jnp.zeros((b, c.data.num_frames, r, r, 3), jnp.uint8),
+                 "is_image": jnp.zeros((b,), jnp.int32)}
+        if self.image_batch_size:
+            bi = self.image_batch_size * b // c.batch_size
+            batch["image_frames"] = jnp.zeros((bi, 1, r, r, 3), jnp.uint8)
+        return batch
 
     def init(self, rng: Array) -> state_lib.TrainState:
         """The initial state with logically boxed parameters (unbox before use)."""
@@ -140,13 +155,24 @@ class CViViTStage:
         keep = w[:, :, None, None, None] > 0
         hide_padding = lambda v: jnp.where(keep, v, 0.0)
 
+        xi = frames_to_float(batch["image_frames"]) if self.image_batch_size else None
+        # The discriminator judges T-frame clips: an image of the stream is one, padded.
+        with_images = lambda v, vi: (v if vi is None else jnp.concatenate(
+            [v, jnp.pad(vi, ((0, 0), (0, v.shape[1] - 1), (0, 0), (0, 0), (0, 0)))]))
+
         def loss_fn(params: Any) -> tuple[Array, Any]:
             out, new_vars = self.model.apply({"params": params, **state.model_state}, x,
-                                             update_stats=True, token_mask=token_w,
+                                             update_stats=True, token_mask=token_w, images=xi,
                                              mutable=["vq_stats"])
             recon = out["recon"]
+            recon_i = out.get("image_recon")
+            # Every real frame weighs the same, the image stream's included.
             err = jnp.square(recon - x).mean(axis=(2, 3, 4))
-            l2 = (err * w).sum() / w.sum()
+            l2_sum, frames = (err * w).sum(), w.sum()
+            if xi is not None:
+                l2_sum = l2_sum + jnp.square(recon_i - xi).mean(axis=(2, 3, 4)).sum()
+                frames = frames + xi.shape[0]
+            l2 = l2_sum / frames
             loss = c.loss.l2_weight * l2 + c.loss.vq_weight * out["loss"]
             metrics = {"l2": l2, "vq_loss": out["loss"], "perplexity": out["perplexity"],
                        "batch_usage": out["batch_usage"]}
@@ -156,19 +182,23 @@ class CViViTStage:
                 t = jax.random.randint(jax.random.fold_in(rng, 2), (x.shape[0],), 0, x.shape[1])
                 t = jnp.where(batch["is_image"] > 0, 0, t)
                 pick = lambda v: jnp.take_along_axis(v, t[:, None, None, None, None], 1)[:, 0]
-                perc = self.perceptual(pick(recon), pick(x)).mean()
+                fake, real = pick(recon), pick(x)
+                if xi is not None:
+                    fake = jnp.concatenate([fake, recon_i[:, 0]])
+                    real = jnp.concatenate([real, xi[:, 0]])
+                perc = self.perceptual(fake, real).mean()
                 loss = loss + c.loss.perceptual_weight * perc
                 metrics["perceptual"] = perc
             if self.use_adv:
                 fake_logits = self.disc.apply({"params": state.aux["disc_params"]},
-                                              hide_padding(recon))
+                                              with_images(hide_padding(recon), recon_i))
                 g_loss = disc_lib.generator_loss(fake_logits)
                 loss = loss + adv_on * c.loss.adversarial_weight * g_loss
                 metrics["g_loss"] = g_loss
             metrics["loss"] = loss
-            return loss, (metrics, new_vars, recon, (out["z"], out["errors"]))
+            return loss, (metrics, new_vars, (recon, recon_i), (out["z"], out["errors"]))
 
-        (loss, (metrics, new_vars, recon, z_err)), grads = jax.value_and_grad(
+        (loss, (metrics, new_vars, (recon, recon_i), z_err)), grads = jax.value_and_grad(
             loss_fn, has_aux=True)(state.params)
         grad_norm = optax.global_norm(grads)
         updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
@@ -182,9 +212,10 @@ class CViViTStage:
 
         aux = state.aux
         if self.use_adv:
-            aux, d_metrics = self._disc_update(state.aux, hide_padding(x),
-                                               hide_padding(jax.lax.stop_gradient(recon)),
-                                               adv_on)
+            fake_i = None if recon_i is None else jax.lax.stop_gradient(recon_i)
+            aux, d_metrics = self._disc_update(
+                state.aux, with_images(hide_padding(x), xi),
+                with_images(hide_padding(jax.lax.stop_gradient(recon)), fake_i), adv_on)
             metrics.update(d_metrics)
 
         ema = state.ema_params
@@ -209,6 +240,8 @@ class CViViTStage:
             "codebook_usage": jnp.mean((usage > c.quantizer.dead_threshold / k)
                                        .astype(jnp.float32)),
             "psnr": psnr_per_clip(float_to_frames(recon), batch["frames"], w).mean(),
+            **({} if recon_i is None else {"image_psnr": psnr_per_clip(
+                float_to_frames(recon_i), batch["image_frames"]).mean()}),
             "nonfinite_steps": new_state.nonfinite_total.astype(jnp.float32),
             "nonfinite_streak": new_state.nonfinite_streak.astype(jnp.float32),
         })

@@ -59,6 +59,13 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None,
         from phenaki_jax.train import cvivit_stage
 
         cvivit_stage.validate(config)
+        images = config.data.get("image_batch_size", 0)
+        if num_devices is not None and images:
+            data_axis = config_lib.mesh_shape(config, num_devices)["data"]
+            if images % data_axis:
+                raise config_lib.ConfigError(
+                    f"config.data.image_batch_size={images} is not divisible by the mesh's "
+                    f"data axis ({data_axis} devices)")
     else:
         from phenaki_jax.train import maskgit_stage
 
@@ -198,6 +205,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     """
     validate(config, jax.device_count())
     pipeline.get_provider(pipeline.data_name(config))  # an unknown data set fails first
+    if config.data.get("image_batch_size", 0):
+        pipeline.get_provider(config.data.image_name, config.data.resolution,
+                              config.data.num_frames)
     os.makedirs(workdir, exist_ok=True)
     mesh = sharding.make_mesh(config)
     stage = make_stage(config)
