@@ -84,7 +84,8 @@ def ours(size: dict, steps: int) -> dict:
             f"--config.model.temporal_layers={size['layers']}",
             f"--config.model.num_heads={size['heads']}",
             f"--config.model.codebook_size={size['codebook']}",
-            f"--config.batch_size={size['batch']}"]
+            f"--config.batch_size={size['batch']}",
+            "--config.data.image_batch_size=0"]  # the peer's step has videos only
     return _run(args)
 
 
@@ -111,7 +112,8 @@ def ours_maskgit(size: dict, steps: int) -> dict:
             f"--config.model.num_heads={size['heads']}",
             f"--config.model.mlp_dim={4 * size['width']}",
             "--config.model.dtype=float32",
-            f"--config.batch_size={size['batch']}"]
+            f"--config.batch_size={size['batch']}",
+            "--config.data.image_batch_size=0"]  # the peer's step has videos only
     return _run(args)
 
 

@@ -13,11 +13,14 @@ from phenaki_jax import config_lib
 # width, spatial, temporal, heads, mlp, patch, codebook, resolution, batch, steps, lr
 _SIZES = {
     # tiny: 8x8 patches keep the clip at 6x4x4 = 96 tokens, so both stages train in minutes on
-    # a CPU. Batch 8 for 4000 steps beat batch 16 for 2000 at equal wall time (27.4 vs 26.4 dB);
-    # 10000 steps (~10 min here) reach 30.3-30.9 dB on unseen clips, 4000 reached 27.3.
+    # a CPU. Batch 8 for 4000 steps beat batch 16 for 2000 at equal wall time (27.4 vs 26.4 dB).
+    # With 16 images per step beside the batch (`image_batch_size`), 30000 steps (~62 min on a
+    # ~190 GFLOP/s 2-core CPU) reconstruct the held-out pairs at 30 dB by step 20000; videos
+    # only, 10000 steps (the demo's recipe) reach 30.3-30.9 dB on unseen clips but 25.5 on the
+    # held-out pairs (docs/experiments.md, "Session 21").
     "tiny": dict(width=128, spatial_layers=2, temporal_layers=2, num_heads=4, mlp_dim=512,
                  patch_size=8, codebook_size=1024, resolution=32, batch_size=8,
-                 total_steps=10_000, learning_rate=2e-3),
+                 total_steps=30_000, learning_rate=2e-3, image_batch_size=16),
     "small": dict(width=256, spatial_layers=4, temporal_layers=4, num_heads=4, mlp_dim=1024,
                   patch_size=8, codebook_size=4096, resolution=64, batch_size=32,
                   total_steps=50_000, learning_rate=5e-4),
@@ -44,14 +47,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.checkpoint_every_steps = min(5000, max(100, size["total_steps"] // 5))
     c.log_every_steps = 100
     c.data.resolution = size["resolution"]
-    # Videos only by default. `shapes_world_{R}` adds 20% images, which show the held-out
-    # pairs: at 30000 steps they lift those pairs 26.0 -> 28.5 dB, at 10000 not yet
-    # (docs/experiments.md, "Session 20").
+    # Videos in the batch; images, which alone show the held-out pairs, come in the image
+    # stream: `image_batch_size` images per step beside the batch, each coded as a one-frame
+    # clip (one token frame, where an image padded into the batch costs six), frame 0 of
+    # `image_name`'s examples; 0 turns it off. The stream is measured on tiny only (20% images
+    # inside the batch, `shapes_world_{R}`: 28.5 dB on the held-out pairs at 30000 steps; the
+    # stream of 16: 30.0 by step 20000; docs/experiments.md, "Session 21").
     c.data.name = f"shapes_world_videos_mix_{size['resolution']}"
-    # The image stream: this many images per step beside the batch, each coded as a one-frame
-    # clip (one token frame, where an image padded into the batch costs six), frame 0 of the
-    # examples of `image_name`. 0 turns it off.
-    c.data.image_batch_size = 0
+    c.data.image_batch_size = size.get("image_batch_size", 0)
     c.data.image_name = f"shapes_world_images_{size['resolution']}"
 
     c.model = ml_collections.ConfigDict()

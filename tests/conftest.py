@@ -122,7 +122,10 @@ MICRO_TOKENIZER = ["--config=configs/cvivit.py:variant=tiny", "--config.total_st
                    "--config.model.mlp_dim=128", "--config.model.codebook_size=256",
                    "--config.log_every_steps=100", "--config.checkpoint_every_steps=800",
                    "--config.eval_batches=0", "--config.warmup_steps=50",
-                   "--config.quantizer.restart_every_steps=50"]
+                   "--config.quantizer.restart_every_steps=50",
+                   # videos only, as the demo's tokenizer: the story tests' thresholds were
+                   # set on it
+                   "--config.data.image_batch_size=0"]
 MICRO_TRANSFORMER = ["--config=configs/maskgit.py:variant=tiny", "--config.total_steps=400",
                      "--config.batch_size=8", "--config.model.width=64",
                      "--config.model.num_layers=2", "--config.model.num_heads=2",

@@ -82,6 +82,7 @@ def small_gan_config(num_frames: int, adversarial_start_step: int = 0,
     c.batch_size = 2
     c.data.num_frames = num_frames
     c.model.width, c.model.mlp_dim = 32, 64
+    c.data.image_batch_size = 0  # the batches below are hand-made; one test turns it on
     return c
 
 

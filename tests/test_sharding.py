@@ -1,5 +1,6 @@
 """One mesh, logical axes: a data x model mesh of 8 emulated devices trains exactly like one
-device, and parameters really are split along `model`."""
+device (the tokenizer's image stream included), and parameters really are split along
+`model`."""
 
 import json
 import subprocess
@@ -32,7 +33,8 @@ with sharding.axis_rules(), mesh:
     losses = []
     for i in range(3):
         frames = rng.integers(0, 256, (8, 11, 32, 32, 3), dtype=np.uint8)
-        batch = sharding.global_batch(mesh, {{"frames": frames,
+        images = rng.integers(0, 256, (c.data.image_batch_size, 1, 32, 32, 3), dtype=np.uint8)
+        batch = sharding.global_batch(mesh, {{"frames": frames, "image_frames": images,
                                              "is_image": np.zeros((8,), np.int32)}})
         state, m = step(state, batch)
         losses.append(float(m["loss"]))
