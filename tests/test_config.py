@@ -51,6 +51,7 @@ def test_paper_variant_matches_paper_sizes():
     ("model.dtype", "float16", "config.model.dtype"),
     ("model.encoder_window", -2, "config.model.encoder_window"),
     ("data.image_batch_size", -1, "config.data.image_batch_size"),
+    ("quantizer.restart_stop_fraction", 0.0, "config.quantizer.restart_stop_fraction"),
 ])
 def test_impossible_config_names_the_field(field, value, needle):
     c = load_config("cvivit")

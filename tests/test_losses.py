@@ -146,6 +146,30 @@ def test_an_images_padding_frames_change_nothing_in_a_training_step():
     assert float(eval_a["code_counts"].sum()) == 16 * (1 + 3)
 
 
+def test_dead_codes_restart_until_the_stop_fraction_and_never_after():
+    """`quantizer.restart_stop_fraction`: with 10 steps and 0.5, step 4 (the fifth) restarts
+    the codes the batch left unused; from step 5 on the step equals one with restarts off."""
+    rng = np.random.default_rng(2)
+    batch = {"frames": jnp.asarray(rng.integers(0, 256, (2, 3, 32, 32, 3), dtype=np.uint8)),
+             "is_image": jnp.zeros((2,), jnp.int32)}
+    results = {}
+    for every, at in ((1, 4), (1, 5), (0, 5)):
+        c = small_gan_config(num_frames=3, perceptual_weight=0.0)
+        c.loss.adversarial_weight = 0.0
+        c.total_steps = 10
+        c.quantizer.restart_every_steps = every
+        c.quantizer.restart_stop_fraction = 0.5
+        trainer.validate(c, 1)
+        stage = trainer.make_stage(c)
+        state = nn.unbox(stage.init(jax.random.key(0))).replace(step=jnp.asarray(at, jnp.int32))
+        results[every, at] = jax.jit(stage.train_step)(state, batch)
+    assert float(results[1, 4][1]["restarted_codes"]) > 0
+    assert float(results[1, 5][1]["restarted_codes"]) == 0
+    for a, b in zip(jax.tree.leaves(results[1, 5][0]), jax.tree.leaves(results[0, 5][0]),
+                    strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
 def test_the_image_stream_trains_exactly_as_images_padded_into_the_batch():
     """`data.image_batch_size`: images beside the batch, each coded as a one-frame clip. The
     reference is the other path: the same images padded to T frames inside the batch, whose
