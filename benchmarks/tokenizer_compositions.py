@@ -34,6 +34,9 @@ def define_flags() -> None:
     flags.DEFINE_integer("clips_per_direction", 3, "Clips per (pair, direction).",
                          lower_bound=1)
     flags.DEFINE_integer("seed", 123, "Seed of the start positions.")
+    flags.DEFINE_integer("step", None, "The checkpoint's step (default: the newest).")
+    flags.DEFINE_bool("raw_params", False, "Judge the trained parameters even when the run "
+                      "keeps an EMA of them (which inference uses by default).")
 
 
 def pair_clips(pairs: Sequence[tuple[str, str]], per_direction: int, resolution: int,
@@ -92,7 +95,10 @@ def main(argv: Sequence[str]) -> None:
     from phenaki_jax.sample.tokenizer import tokenize_and_reconstruct
     from phenaki_jax.train import trainer
 
-    config, stage, state = trainer.restore_for_inference(FLAGS.workdir, expected_stage="cvivit")
+    config, stage, state = trainer.restore_for_inference(FLAGS.workdir, expected_stage="cvivit",
+                                                         step=FLAGS.step)
+    if FLAGS.raw_params:
+        state = state.replace(ema_params=state.params)
     resolution = config.data.resolution
     rng = np.random.default_rng(FLAGS.seed)
     held = sorted(sw.HELD_OUT)

@@ -160,6 +160,13 @@ from phenaki_jax.train import trainer
 cfg, stage, state = trainer.restore_for_inference({workdir!r})
 leaves = [np.asarray(x) for x in jax.tree.leaves(state)]
 assert all(np.isfinite(x).all() for x in leaves if np.issubdtype(x.dtype, np.inexact))
+# The first run's last checkpoint, by its step; a step with no checkpoint is named.
+assert int(trainer.restore_for_inference({workdir!r}, step=10)[2].step) == 10
+try:
+    trainer.restore_for_inference({workdir!r}, step=7)
+    raise SystemExit("step 7 restored")
+except trainer.ckpt_lib.CheckpointError as e:
+    assert "no checkpoint of step 7" in str(e), e
 print(int(state.step))
 """
     res = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=env(),

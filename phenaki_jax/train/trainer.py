@@ -344,12 +344,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
 def restore_for_inference(workdir: str, mesh: jax.sharding.Mesh | None = None,
                           expected_stage: str | None = None,
-                          tokenizer: ml_collections.ConfigDict | None = None
-                          ) -> tuple[Any, Any, Any]:
-    """Loads (config, stage, state) from the newest complete checkpoint in `workdir` onto
-    this machine's mesh (whatever mesh the run was trained on). For a transformer,
-    `tokenizer` is the config of the tokenizer to pair it with (default: the one it names)."""
+                          tokenizer: ml_collections.ConfigDict | None = None,
+                          step: int | None = None) -> tuple[Any, Any, Any]:
+    """Loads (config, stage, state) from the newest complete checkpoint in `workdir` (or from
+    `step`'s) onto this machine's mesh (whatever mesh the run was trained on). For a
+    transformer, `tokenizer` is the config of the tokenizer to pair it with (default: the one
+    it names)."""
     checkpointer = ckpt_lib.Checkpointer(workdir, read_only=True)
+    if step is not None and step not in checkpointer.steps():
+        raise ckpt_lib.CheckpointError(
+            f"{workdir} has no checkpoint of step {step} (it has {checkpointer.steps()})")
     _, config = checkpointer.latest_config()
     if expected_stage and config.get("stage") != expected_stage:
         raise ckpt_lib.CheckpointError(
@@ -364,7 +368,8 @@ def restore_for_inference(workdir: str, mesh: jax.sharding.Mesh | None = None,
     mesh = mesh or sharding.make_mesh(config)
     with sharding.axis_rules(), mesh:
         _, abstract, _ = create_state(stage, mesh, jax.random.key(0))
-        restored = checkpointer.restore_latest(abstract)
+        restored = (checkpointer.restore_latest(abstract) if step is None
+                    else checkpointer.restore(step, abstract))
     if restored is None:
         raise ckpt_lib.CheckpointError(f"no complete checkpoint in {workdir}")
     return config, stage, restored[0]
