@@ -85,7 +85,8 @@ def ours(size: dict, steps: int) -> dict:
             f"--config.model.num_heads={size['heads']}",
             f"--config.model.codebook_size={size['codebook']}",
             f"--config.batch_size={size['batch']}",
-            "--config.data.image_batch_size=0"]  # the peer's step has videos only
+            # the peer's step: videos only, no EMA of the weights
+            "--config.data.image_batch_size=0", "--config.ema_decay=0"]
     return _run(args)
 
 

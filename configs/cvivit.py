@@ -80,6 +80,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # A code is dead when its usage EMA is below this fraction of the uniform share 1/K.
     c.quantizer.dead_threshold = 0.03
     c.quantizer.restart_every_steps = 100  # 0 disables dead-code restart
+    # Restarts stop after this fraction of total_steps (1.0: never). tiny stops at 0.8 and
+    # keeps an EMA of its weights (`ema_decay`, which inference and evaluation use): on the
+    # held-out pairs, 30.9 dB at the end of the 30000-step schedule instead of 29.8, and the
+    # yellow square no longer takes other squares' colours late in the schedule (Session 22).
+    c.quantizer.restart_stop_fraction = 0.8 if args.variant == "tiny" else 1.0
+    c.ema_decay = 0.999 if args.variant == "tiny" else 0.0
 
     c.loss = ml_collections.ConfigDict()
     c.loss.l2_weight = 1.0

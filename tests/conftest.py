@@ -125,7 +125,8 @@ MICRO_TOKENIZER = ["--config=configs/cvivit.py:variant=tiny", "--config.total_st
                    "--config.quantizer.restart_every_steps=50",
                    # videos only, as the demo's tokenizer: the story tests' thresholds were
                    # set on it
-                   "--config.data.image_batch_size=0"]
+                   "--config.data.image_batch_size=0", "--config.ema_decay=0",
+                   "--config.quantizer.restart_stop_fraction=1"]
 MICRO_TRANSFORMER = ["--config=configs/maskgit.py:variant=tiny", "--config.total_steps=400",
                      "--config.batch_size=8", "--config.model.width=64",
                      "--config.model.num_layers=2", "--config.model.num_heads=2",
