@@ -14,10 +14,10 @@ from phenaki_jax import config_lib
 _SIZES = {
     # tiny: 8x8 patches keep the clip at 6x4x4 = 96 tokens, so both stages train in minutes on
     # a CPU. Batch 8 for 4000 steps beat batch 16 for 2000 at equal wall time (27.4 vs 26.4 dB).
-    # With 16 images per step beside the batch (`image_batch_size`), 30000 steps (~62 min on a
-    # ~190 GFLOP/s 2-core CPU) reconstruct the held-out pairs at 30 dB by step 20000; videos
-    # only, 10000 steps (the demo's recipe) reach 30.3-30.9 dB on unseen clips but 25.5 on the
-    # held-out pairs (docs/experiments.md, "Session 21").
+    # With 16 images per step beside the batch (`image_batch_size`) and an EMA of the weights,
+    # 30000 steps (61-67 min on a ~200 GFLOP/s 2-core CPU) reconstruct the held-out pairs at
+    # 30.9-31.9 dB (two seeds); videos only, 10000 steps (the demo's recipe) reach 30.3-30.9 dB
+    # on unseen clips but 25.5 on the held-out pairs (docs/experiments.md, Sessions 21-22).
     "tiny": dict(width=128, spatial_layers=2, temporal_layers=2, num_heads=4, mlp_dim=512,
                  patch_size=8, codebook_size=1024, resolution=32, batch_size=8,
                  total_steps=30_000, learning_rate=2e-3, image_batch_size=16),

@@ -351,9 +351,9 @@ def restore_for_inference(workdir: str, mesh: jax.sharding.Mesh | None = None,
     transformer, `tokenizer` is the config of the tokenizer to pair it with (default: the one
     it names)."""
     checkpointer = ckpt_lib.Checkpointer(workdir, read_only=True)
-    if step is not None and step not in checkpointer.steps():
-        raise ckpt_lib.CheckpointError(
-            f"{workdir} has no checkpoint of step {step} (it has {checkpointer.steps()})")
+    if step is not None and step not in (kept := checkpointer.steps()):
+        raise ckpt_lib.CheckpointError(f"{workdir} has no checkpoint of step {step} "
+                                       f"(it has {kept})")
     _, config = checkpointer.latest_config()
     if expected_stage and config.get("stage") != expected_stage:
         raise ckpt_lib.CheckpointError(
