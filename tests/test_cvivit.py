@@ -159,6 +159,21 @@ def test_quantizer_picks_nearest_normalised_code():
     assert np.abs(np.asarray(g)).sum() > 0
 
 
+@pytest.mark.parametrize("shape", [(7, 1024), (2, 3, 5, 17), (4, 1)])
+def test_argmax_last_is_numpys_argmax_ties_included(shape):
+    """The quantizer's and the sampler's argmax: numpy's index of the first maximum, also on
+    ties (few distinct values force many), rows of -inf and all-equal rows."""
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 4, shape).astype(np.float32)
+    x.reshape(-1, shape[-1])[0] = -np.inf
+    x.reshape(-1, shape[-1])[-1] = 2.0
+    got = np.asarray(jax.jit(layers.argmax_last)(jnp.asarray(x)))
+    assert got.dtype == np.int32
+    np.testing.assert_array_equal(got, x.argmax(-1))
+    y = rng.normal(size=shape).astype(np.float32)
+    np.testing.assert_array_equal(np.asarray(layers.argmax_last(jnp.asarray(y))), y.argmax(-1))
+
+
 def test_quantizer_loss_is_codebook_plus_weighted_commitment():
     vq = quantizers.FactorizedVQ(codebook_size=16, code_dim=4, commitment_weight=0.25)
     z = jax.random.normal(jax.random.key(5), (10, 4))

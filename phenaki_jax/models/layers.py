@@ -230,6 +230,21 @@ class Transformer(nn.Module):
         return x
 
 
+def argmax_last(x: Array) -> Array:
+    """int32 [...]: the index of the largest entry along the last axis of x [..., K], the first
+    one on ties, as `jnp.argmax` gives it (for rows without NaN; a row with one gives K - 1).
+
+    XLA:CPU lowers argmax to a variadic (value, index) reduction that runs unvectorised on one
+    core: 6 of the ~85 ms of the demo transformer's step went to the frozen tokenizer's nearest
+    code (1536 tokens x 1024 codes). A max, a compare and an integer min are plain reductions,
+    ~3x faster, with the same result.
+    """
+    k = x.shape[-1]
+    top = x.max(-1, keepdims=True)
+    index = jax.lax.broadcasted_iota(jnp.int32, x.shape, x.ndim - 1)
+    return jnp.minimum(jnp.min(jnp.where(x == top, index, k), axis=-1), k - 1)
+
+
 def causal_mask(length: int, window: int = -1) -> Array:
     """[1, 1, L, L]: position i attends to positions j <= i, and with `window` >= 0 only to
     i - window <= j (a causal band)."""

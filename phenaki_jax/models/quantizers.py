@@ -12,6 +12,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from phenaki_jax.models.layers import argmax_last
+
 Array = jax.Array
 
 
@@ -65,7 +67,7 @@ class FactorizedVQ(nn.Module):
         codebook = self.normalized_codebook()
         # For unit vectors, the nearest code in L2 is the one with the largest dot product.
         sim = jnp.einsum("...d,kd->...k", z, codebook)
-        ids = jnp.argmax(sim, axis=-1).astype(jnp.int32)
+        ids = argmax_last(sim)
         q = jnp.take(codebook, ids, axis=0)
         weight = (jnp.ones(ids.shape, jnp.float32) if mask is None
                   else jnp.broadcast_to(mask, ids.shape).astype(jnp.float32))

@@ -22,6 +22,8 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from phenaki_jax.models.layers import argmax_last
+
 Array = jax.Array
 # logits_fn(ids [B', N] with mask ids, drop_text bool [B']) -> logits [B', N, V]
 LogitsFn = Callable[[Array, Array], Array]
@@ -94,7 +96,7 @@ def parallel_decode(logits_fn: LogitsFn, known_ids: Array, known: Array, rng: Ar
         gumbel, noise = draws(s, logits.shape[1:])
         # argmax(l / T + g) == argmax(l + T g): a categorical sample at temperature T, greedy
         # at T = 0, without dividing by zero.
-        sampled = jnp.argmax(logits + temperature * gumbel, axis=-1).astype(jnp.int32)
+        sampled = argmax_last(logits + temperature * gumbel)
         log_probs = jax.nn.log_softmax(logits, axis=-1)
         confidence = jnp.take_along_axis(log_probs, sampled[..., None], -1)[..., 0]
         anneal = 1.0 - (s + 1.0) / num_steps
@@ -155,8 +157,8 @@ def refine_frames(logits_fn: LogitsFn, tokens: Array, known: Array, frame_size: 
 
         def predict(tokens: Array) -> Array:
             masked = jnp.where(redo, mask_id, tokens)
-            best = jnp.argmax(guided_pass(logits_fn, masked, guidance_scale), axis=-1)
-            return jnp.where(redo, best.astype(jnp.int32), tokens)
+            best = argmax_last(guided_pass(logits_fn, masked, guidance_scale))
+            return jnp.where(redo, best, tokens)
 
         return jax.lax.cond(jnp.any(redo), predict, lambda t: t, tokens)
 
