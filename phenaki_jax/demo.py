@@ -1,10 +1,10 @@
 """`make demo`: the whole system on the shapes world, on this machine.
 
-1. Trains the tiny tokenizer (`configs/cvivit.py:variant=tiny`, for 10000 steps on videos
-   only: the recipe the adherence targets were measured on) into WORKDIR/tokenizer and
-   reconstructs held-out clips: WORKDIR/reconstructions.{mp4,gif,png}.
-2. Trains the tiny transformer (`configs/maskgit.py:variant=tiny`) on it, into
-   WORKDIR/transformer.
+1. Trains the tiny tokenizer (`configs/cvivit.py:variant=tiny` with `DEMO_TOKENIZER`'s
+   overrides) into WORKDIR/tokenizer and reconstructs held-out clips:
+   WORKDIR/reconstructions.{mp4,gif,png}.
+2. Trains the tiny transformer (`configs/maskgit.py:variant=tiny` with `DEMO_TRANSFORMER`'s
+   overrides) on it, into WORKDIR/transformer.
 3. Tells a story with the story decoder (WORKDIR/story.mp4, .gif, .npy, .json) and animates an
    image (WORKDIR/image_to_video.*).
 4. Runs the prompt-adherence evaluation (WORKDIR/eval/eval_report.json, eval_sheet.png).
@@ -19,6 +19,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from absl import flags
@@ -29,10 +30,32 @@ _WORKDIR = flags.DEFINE_string("workdir", "runs/demo", "Where everything is writ
 _CLIPS = flags.DEFINE_integer("clips", 32, "Held-out test clips to reconstruct.")
 _EVAL_CLIPS = flags.DEFINE_integer("eval_clips", 60, "Clips per single-prompt evaluation set.")
 _EVAL_STORIES = flags.DEFINE_integer("eval_stories", 30, "Stories in the evaluation.")
-DEMO_TOKENIZER_STEPS = 10_000
+# The demo's recipe: the tiny variants at width 64 instead of 128 (MLP 256), the tokenizer for
+# 10000 steps on videos only with no EMA and restarts to the end. Both stages then train ~2x
+# faster per step, and the demo fits its budget; the same recipe at width 128 (Sessions 12-14)
+# took 49-78 minutes here. Measured in docs/experiments.md, "Session 23". Each override is a
+# `--config.KEY=VALUE` of phenaki-train, so `recipe_flags` reproduces either stage by hand.
+_NARROW = {"model.width": 64, "model.mlp_dim": 256}
+DEMO_TOKENIZER = {"total_steps": 10_000, "data.image_batch_size": 0, "ema_decay": 0.0,
+                  "quantizer.restart_stop_fraction": 1.0, **_NARROW}
+DEMO_TRANSFORMER = {**_NARROW, "text.embed_dim": 64, "text.mlp_dim": 256}
 STORY = ["a red circle moves right", "a green circle moves down", "a blue circle moves left",
          "a yellow circle moves up", "a white circle stays still"]
 IMAGE_PROMPTS = ["a magenta square moves down", "a magenta square moves right"]
+
+
+def recipe_flags(overrides: dict) -> str:
+    """The phenaki-train flags that apply `overrides` to a config."""
+    return " ".join(f"--config.{k}={v}" for k, v in overrides.items())
+
+
+def demo_config(name: str, overrides: dict) -> Any:
+    """configs/<name>.py:variant=tiny with the demo's overrides."""
+    from phenaki_jax import config_lib
+
+    config = config_lib.load_config_file(config_lib.repo_config_path(name), "variant=tiny")
+    config.update_from_flattened_dict(overrides)
+    return config
 
 
 def held_out_clips(resolution: int, n: int) -> tuple[np.ndarray, list[str]]:
@@ -154,7 +177,6 @@ def main(argv: Sequence[str]) -> None:
         raise cli.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     from absl import logging
 
-    from phenaki_jax import config_lib
     from phenaki_jax.data import video
     from phenaki_jax.sample.evaluation import evaluate
     from phenaki_jax.train import trainer
@@ -165,23 +187,20 @@ def main(argv: Sequence[str]) -> None:
     tok_dir = os.path.join(root, "tokenizer")
     tr_dir = os.path.join(root, "transformer")
 
-    config = config_lib.load_config_file(config_lib.repo_config_path("cvivit"), "variant=tiny")
-    # The tokenizer whose transformer met the adherence targets (Sessions 12-14): 10000 steps,
-    # videos only, no EMA, restarts to the end. The tiny default (30000 steps with the image
-    # stream and an EMA, ~1 hour here) is the better tokenizer, but three times as long; its
-    # transformer is not measured yet.
-    config.total_steps, config.data.image_batch_size = DEMO_TOKENIZER_STEPS, 0
-    config.ema_decay, config.quantizer.restart_stop_fraction = 0.0, 1.0
     t0 = time.time()
-    summary = trainer.train_and_evaluate(config, tok_dir)
+    summary = trainer.train_and_evaluate(demo_config("cvivit", DEMO_TOKENIZER), tok_dir)
     report = {"tokenizer": tokenizer_report(tok_dir, time.time() - t0, int(summary["step"]),
                                             root)}
+    report["tokenizer"]["recipe"] = "configs/cvivit.py:variant=tiny " + recipe_flags(
+        DEMO_TOKENIZER)
 
-    config = config_lib.load_config_file(config_lib.repo_config_path("maskgit"), "variant=tiny")
+    config = demo_config("maskgit", DEMO_TRANSFORMER)
     config.tokenizer_workdir = tok_dir
     t0 = time.time()
     summary = trainer.train_and_evaluate(config, tr_dir)
     report["transformer"] = {"workdir": tr_dir, "train_wall_s": round(time.time() - t0, 1),
+                             "recipe": "configs/maskgit.py:variant=tiny " + recipe_flags(
+                                 DEMO_TRANSFORMER),
                              "train_steps": int(summary["step"]), **summary.get("eval", {})}
     report["story"] = stories(root, tok_dir, tr_dir)
     t0 = time.time()

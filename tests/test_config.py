@@ -106,3 +106,26 @@ def test_unknown_or_unavailable_stage_is_refused():
     c.stage = "gan"
     with pytest.raises(config_lib.ConfigError, match="config.stage"):
         trainer.validate(c, num_devices=1)
+
+
+@pytest.mark.parametrize("name", ["cvivit", "maskgit"])
+def test_demo_recipe_flags_reproduce_the_demo_config(name):
+    """`report.json` gives each stage's recipe as phenaki-train flags; parsed the way
+    phenaki-train parses them they must give exactly the config the demo trains."""
+    from absl import flags
+    from ml_collections import config_flags
+
+    from phenaki_jax import demo
+
+    overrides = {"cvivit": demo.DEMO_TOKENIZER, "maskgit": demo.DEMO_TRANSFORMER}[name]
+    argv = ["phenaki-train", f"--config={config_lib.repo_config_path(name)}:variant=tiny",
+            *demo.recipe_flags(overrides).split()]
+    fv = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, "", flag_values=fv, sys_argv=argv)
+    fv(argv)
+    by_hand, trained = fv.config, demo.demo_config(name, overrides)
+    assert by_hand.to_dict() == trained.to_dict()
+    for key, value in overrides.items():
+        assert _get(trained, key) == value
+    assert trained.to_dict() != load_config(name).to_dict()
+    trainer.validate(trained, num_devices=1, purpose="bench")
