@@ -16,8 +16,9 @@ _SIZES = {
     # a CPU. Batch 8 for 4000 steps beat batch 16 for 2000 at equal wall time (27.4 vs 26.4 dB).
     # With 16 images per step beside the batch (`image_batch_size`) and an EMA of the weights,
     # 30000 steps (61-67 min on a ~200 GFLOP/s 2-core CPU) reconstruct the held-out pairs at
-    # 30.9-31.9 dB (two seeds); videos only, 10000 steps (the demo's recipe) reach 30.3-30.9 dB
-    # on unseen clips but 25.5 on the held-out pairs (docs/experiments.md, Sessions 21-22).
+    # 30.9-31.9 dB (two seeds); videos only, 10000 steps reach 30.3-30.9 dB on unseen clips
+    # but 25.5 on the held-out pairs (docs/experiments.md, Sessions 21-22). `make demo` trains
+    # that videos-only recipe at width 64 (MLP 256): 28.75 / 24.66 dB, in 7.6 min (Session 23).
     "tiny": dict(width=128, spatial_layers=2, temporal_layers=2, num_heads=4, mlp_dim=512,
                  patch_size=8, codebook_size=1024, resolution=32, batch_size=8,
                  total_steps=30_000, learning_rate=2e-3, image_batch_size=16),

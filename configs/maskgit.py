@@ -19,10 +19,10 @@ _SIZES = {
     # Width 128 rather than 256: in the same wall time the narrower model takes ~1.9x the
     # steps, and steps are what prompt adherence lacks (in distribution 15% at 256 x 1500,
     # 22% at 256 x 3000, ~50-60% at 128 x 6000, 74-77% at 128 x 7000, 86-88% at 128 x 10000;
-    # docs/experiments.md). 10000 steps took 40 min on a ~200 GFLOP/s 2-core CPU. 7000 kept
-    # `make demo` within 25 minutes on a faster CPU, but missed the 80% in-distribution
-    # target, and mostly the 90% story continuity, both of which 10000 reaches (continuity
-    # in three of four measurements; docs/experiments.md, "Session 12").
+    # docs/experiments.md). 10000 steps took 40 min on a ~200 GFLOP/s 2-core CPU; 7000 missed
+    # the 80% in-distribution and 90% continuity targets that 10000 reaches (Sessions 12-13).
+    # `make demo` keeps the 10000 steps at width 64 (MLP 256, text width 64): 15 min there,
+    # all four targets met by the seed-0 models it trains (Session 23).
     "tiny": dict(width=128, num_layers=4, num_heads=4, mlp_dim=512, grid=(6, 4, 4),
                  vocab_size=1024, resolution=32, batch_size=16, total_steps=10_000,
                  learning_rate=1e-3, encoder="trainable", text_length=32, text_dim=128),
