@@ -34,7 +34,7 @@ _EVAL_STORIES = flags.DEFINE_integer("eval_stories", 30, "Stories in the evaluat
 # 10000 steps on videos only with no EMA and restarts to the end. Both stages then train ~2x
 # faster per step, and the demo fits its budget; the same recipe at width 128 (Sessions 12-14)
 # took 49-78 minutes here. Measured in docs/experiments.md, "Session 23". Each override is a
-# `--config.KEY=VALUE` of phenaki-train, so `recipe_flags` reproduces either stage by hand.
+# `--config.KEY=VALUE` of phenaki-train, so `recipe` reproduces either stage by hand.
 _NARROW = {"model.width": 64, "model.mlp_dim": 256}
 DEMO_TOKENIZER = {"total_steps": 10_000, "data.image_batch_size": 0, "ema_decay": 0.0,
                   "quantizer.restart_stop_fraction": 1.0, **_NARROW}
@@ -44,9 +44,10 @@ STORY = ["a red circle moves right", "a green circle moves down", "a blue circle
 IMAGE_PROMPTS = ["a magenta square moves down", "a magenta square moves right"]
 
 
-def recipe_flags(overrides: dict) -> str:
-    """The phenaki-train flags that apply `overrides` to a config."""
-    return " ".join(f"--config.{k}={v}" for k, v in overrides.items())
+def recipe(name: str, overrides: dict) -> str:
+    """The phenaki-train flags of `demo_config(name, overrides)`."""
+    return " ".join([f"--config=configs/{name}.py:variant=tiny",
+                     *(f"--config.{k}={v}" for k, v in overrides.items())])
 
 
 def demo_config(name: str, overrides: dict) -> Any:
@@ -189,18 +190,16 @@ def main(argv: Sequence[str]) -> None:
 
     t0 = time.time()
     summary = trainer.train_and_evaluate(demo_config("cvivit", DEMO_TOKENIZER), tok_dir)
-    report = {"tokenizer": tokenizer_report(tok_dir, time.time() - t0, int(summary["step"]),
-                                            root)}
-    report["tokenizer"]["recipe"] = "configs/cvivit.py:variant=tiny " + recipe_flags(
-        DEMO_TOKENIZER)
+    report = {"tokenizer": {"recipe": recipe("cvivit", DEMO_TOKENIZER),
+                            **tokenizer_report(tok_dir, time.time() - t0,
+                                               int(summary["step"]), root)}}
 
     config = demo_config("maskgit", DEMO_TRANSFORMER)
     config.tokenizer_workdir = tok_dir
     t0 = time.time()
     summary = trainer.train_and_evaluate(config, tr_dir)
     report["transformer"] = {"workdir": tr_dir, "train_wall_s": round(time.time() - t0, 1),
-                             "recipe": "configs/maskgit.py:variant=tiny " + recipe_flags(
-                                 DEMO_TRANSFORMER),
+                             "recipe": recipe("maskgit", DEMO_TRANSFORMER),
                              "train_steps": int(summary["step"]), **summary.get("eval", {})}
     report["story"] = stories(root, tok_dir, tr_dir)
     t0 = time.time()

@@ -109,17 +109,20 @@ def test_unknown_or_unavailable_stage_is_refused():
 
 
 @pytest.mark.parametrize("name", ["cvivit", "maskgit"])
-def test_demo_recipe_flags_reproduce_the_demo_config(name):
+def test_demo_recipe_flags_reproduce_the_demo_config(name, monkeypatch):
     """`report.json` gives each stage's recipe as phenaki-train flags; parsed the way
-    phenaki-train parses them they must give exactly the config the demo trains."""
+    phenaki-train parses them (from the repository's root) they must give exactly the config
+    the demo trains."""
+    import os
+
     from absl import flags
     from ml_collections import config_flags
 
     from phenaki_jax import demo
 
     overrides = {"cvivit": demo.DEMO_TOKENIZER, "maskgit": demo.DEMO_TRANSFORMER}[name]
-    argv = ["phenaki-train", f"--config={config_lib.repo_config_path(name)}:variant=tiny",
-            *demo.recipe_flags(overrides).split()]
+    monkeypatch.chdir(os.path.dirname(os.path.dirname(config_lib.repo_config_path(name))))
+    argv = ["phenaki-train", *demo.recipe(name, overrides).split()]
     fv = flags.FlagValues()
     config_flags.DEFINE_config_file("config", None, "", flag_values=fv, sys_argv=argv)
     fv(argv)
