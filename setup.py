@@ -34,16 +34,17 @@ setup(
         "tensorstore==0.1.86",
         "tensorboardX==2.6.5",
     ],
-    extras_require={"test": ["pytest==9.2.0", "pytest-xdist==3.8.0", "ruff==0.17.6"]},
+    extras_require={"test": ["pytest==9.2.0", "pytest-xdist==3.8.0", "ruff==0.17.6",
+                             "import-linter==2.17"]},
     entry_points={
         "console_scripts": [
-            "phenaki-train=phenaki_jax.train.main:run",
-            "phenaki-tokenize=phenaki_jax.tokenize:run",
-            "phenaki-bench=phenaki_jax.bench:run",
-            "phenaki-embed=phenaki_jax.embed:run",
-            "phenaki-story=phenaki_jax.story:run",
-            "phenaki-eval=phenaki_jax.evaluate:run",
-            "phenaki-demo=phenaki_jax.demo:run",
+            "phenaki-train=phenaki_jax.cli.train:run",
+            "phenaki-tokenize=phenaki_jax.cli.tokenize:run",
+            "phenaki-bench=phenaki_jax.cli.bench:run",
+            "phenaki-embed=phenaki_jax.cli.embed:run",
+            "phenaki-story=phenaki_jax.cli.story:run",
+            "phenaki-eval=phenaki_jax.cli.eval:run",
+            "phenaki-demo=phenaki_jax.cli.demo:run",
         ]
     },
 )

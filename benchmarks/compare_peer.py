@@ -48,7 +48,7 @@ import os
 import subprocess
 import sys
 
-from phenaki_jax import cli
+from phenaki_jax.cli import common as cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

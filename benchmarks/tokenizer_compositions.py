@@ -92,11 +92,11 @@ def reconstruct_unquantized(stage: Any, state: Any, clips: np.ndarray, chunk: in
 def main(argv: Sequence[str]) -> None:
     del argv
     from phenaki_jax.data import shapes_world as sw
-    from phenaki_jax.sample.tokenizer import tokenize_and_reconstruct
-    from phenaki_jax.train import trainer
+    from phenaki_jax.inference.tokenizer import tokenize_and_reconstruct
+    from phenaki_jax.stages import registry
 
-    config, stage, state = trainer.restore_for_inference(FLAGS.workdir, expected_stage="cvivit",
-                                                         step=FLAGS.step)
+    config, stage, state = registry.restore_for_inference(FLAGS.workdir, expected_stage="cvivit",
+                                                          step=FLAGS.step)
     if FLAGS.raw_params:
         state = state.replace(ema_params=state.params)
     resolution = config.data.resolution
@@ -142,8 +142,9 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-    from phenaki_jax import cli
-    from phenaki_jax.train.checkpoint import CheckpointError
+    from phenaki_jax.checkpoint import CheckpointError
+
+    from phenaki_jax.cli import common as cli
 
     define_flags()
     cli.run("tokenizer_compositions", main, expected=(CheckpointError,))

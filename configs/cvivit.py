@@ -8,17 +8,12 @@ batch for a quick check of a large variant on a workstation).
 
 import ml_collections
 
-from phenaki_jax import config_lib
+from phenaki_jax.config import parsing
 
-# width, spatial, temporal, heads, mlp, patch, codebook, resolution, batch, steps, lr
+# width, spatial, temporal, heads, mlp, patch, codebook, resolution, batch, steps, lr.
+# tiny: 8x8 patches keep a clip at 6x4x4 = 96 tokens, so both stages train in minutes on a CPU
+# (its recipe's measurements: docs/experiments/tokenizer-quality.md).
 _SIZES = {
-    # tiny: 8x8 patches keep the clip at 6x4x4 = 96 tokens, so both stages train in minutes on
-    # a CPU. Batch 8 for 4000 steps beat batch 16 for 2000 at equal wall time (27.4 vs 26.4 dB).
-    # With 16 images per step beside the batch (`image_batch_size`) and an EMA of the weights,
-    # 30000 steps (61-67 min on a ~200 GFLOP/s 2-core CPU) reconstruct the held-out pairs at
-    # 30.9-31.9 dB (two seeds); videos only, 10000 steps reach 30.3-30.9 dB on unseen clips
-    # but 25.5 on the held-out pairs (docs/experiments.md, Sessions 21-22). `make demo` trains
-    # that videos-only recipe at width 64 (MLP 256): 28.75 / 24.66 dB, in 7.6 min (Session 23).
     "tiny": dict(width=128, spatial_layers=2, temporal_layers=2, num_heads=4, mlp_dim=512,
                  patch_size=8, codebook_size=1024, resolution=32, batch_size=8,
                  total_steps=30_000, learning_rate=2e-3, image_batch_size=16),
@@ -35,9 +30,9 @@ _SIZES = {
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    args = config_lib.parse_arg(arg, variant="tiny", runlocal=False)
+    args = parsing.parse_arg(arg, variant="tiny", runlocal=False)
     size = _SIZES.get(args.variant)
-    c = config_lib.common_config("cvivit", args.variant)
+    c = parsing.common_config("cvivit", args.variant)
     if size is None:  # common_config has already rejected it; keeps type checkers calm
         return c
     c.batch_size = size["batch_size"]
@@ -48,28 +43,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.checkpoint_every_steps = min(5000, max(100, size["total_steps"] // 5))
     c.log_every_steps = 100
     c.data.resolution = size["resolution"]
-    # Videos in the batch; images, which alone show the held-out pairs, come in the image
-    # stream: `image_batch_size` images per step beside the batch, each coded as a one-frame
-    # clip (one token frame, where an image padded into the batch costs six), frame 0 of
-    # `image_name`'s examples; 0 turns it off. The stream is measured on tiny only (20% images
-    # inside the batch, `shapes_world_{R}`: 28.5 dB on the held-out pairs at 30000 steps; the
-    # stream of 16: 30.0 by step 20000; docs/experiments.md, "Session 21").
-    c.data.name = f"shapes_world_videos_mix_{size['resolution']}"
+    c.data.name = f"shapes_world_videos_mix_{size['resolution']}"  # videos in the batch
+    # Images per step beside the batch, each coded as a one-frame clip (0: none).
     c.data.image_batch_size = size.get("image_batch_size", 0)
-    c.data.image_name = f"shapes_world_images_{size['resolution']}"
+    c.data.image_name = f"shapes_world_images_{size['resolution']}"  # the image stream's task
 
     c.model = ml_collections.ConfigDict()
     for k in ("width", "spatial_layers", "temporal_layers", "num_heads", "mlp_dim",
               "patch_size", "codebook_size"):
         c.model[k] = size[k]
     c.model.temporal_patch_size = 2
-    # How far each encoder layer attends: r patches around (and r token frames back), -1 for
-    # all of them as in the paper. tiny uses 0, a per-tubelet encoder: a token's code is then a
-    # function of its own pixels, so a black patch always gets the same code. With global
-    # attention the tiny tokenizer spread black patches over 225 codes (3.6 nats of code
-    # entropy at a fixed position, set by where the object is), which the transformer must then
-    # predict; local codes cost 0.8 dB of PSNR and made its samples follow the prompt far more
-    # often (docs/experiments.md). The decoder always attends globally.
+    # Encoder attention radius in patches and token frames (-1: global, as the paper; tiny's 0
+    # codes each tubelet from its own pixels, which its transformer predicts far better).
     c.model.encoder_window = 0 if args.variant == "tiny" else -1
     c.model.code_dim = 32
     c.model.dtype = "float32" if args.variant == "tiny" else "bfloat16"
@@ -81,18 +66,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # A code is dead when its usage EMA is below this fraction of the uniform share 1/K.
     c.quantizer.dead_threshold = 0.03
     c.quantizer.restart_every_steps = 100  # 0 disables dead-code restart
-    # Restarts stop after this fraction of total_steps (1.0: never). tiny stops at 0.8 and
-    # keeps an EMA of its weights (`ema_decay`, which inference and evaluation use): on the
-    # held-out pairs, 30.9 dB at the end of the 30000-step schedule instead of 29.8, and the
-    # yellow square no longer takes other squares' colours late in the schedule (Session 22).
+    # Restarts stop after this fraction of total_steps (1.0: never).
     c.quantizer.restart_stop_fraction = 0.8 if args.variant == "tiny" else 1.0
-    c.ema_decay = 0.999 if args.variant == "tiny" else 0.0
+    c.ema_decay = 0.999 if args.variant == "tiny" else 0.0  # inference uses the EMA weights
 
     c.loss = ml_collections.ConfigDict()
     c.loss.l2_weight = 1.0
     c.loss.vq_weight = 1.0
-    # The paper's image perceptual loss (LPIPS, frozen) and StyleGAN adversarial loss. Both cost
-    # more than the whole tiny model on a CPU and do not help PSNR, so tiny turns them off.
+    # The paper's LPIPS and adversarial losses; off in tiny, where they cost more than the model.
     c.loss.perceptual_weight = 0.0 if args.variant == "tiny" else 0.1
     c.loss.adversarial_weight = 0.0 if args.variant == "tiny" else 0.1
     c.loss.lecam_weight = 0.001
@@ -104,5 +85,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.discriminator.learning_rate = c.learning_rate
 
     if args.runlocal:
-        config_lib.apply_runlocal(c)
+        parsing.apply_runlocal(c)
     return c

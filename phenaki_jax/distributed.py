@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import jax
 
-from phenaki_jax.config_lib import ConfigError
+from phenaki_jax.config import ConfigError
 
 
 def initialize(coordinator_address: str | None = None, num_processes: int | None = None,

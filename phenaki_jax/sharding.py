@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from phenaki_jax import config_lib
+from phenaki_jax.config.validation import mesh_shape
 
 # Megatron-style tensor parallelism on `model`, data parallelism on `data`.
 LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
@@ -43,7 +43,7 @@ def make_mesh(config: ml_collections.ConfigDict,
               devices: Sequence[jax.Device] | None = None) -> Mesh:
     """Builds the ('data', 'model') mesh from `config.mesh`; -1 takes the remaining devices."""
     devices = list(jax.devices() if devices is None else devices)
-    sizes = config_lib.mesh_shape(config, len(devices))
+    sizes = mesh_shape(config, len(devices))
     shape = (sizes["data"], sizes["model"])
     try:
         # Topology-aware on TPU (keeps `model` within fast ICI links); plain reshape elsewhere.

@@ -21,9 +21,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 def load_config(name: str, arg: str = "variant=tiny"):
     """Loads configs/<name>.py the way --config does."""
-    from phenaki_jax import config_lib
+    from phenaki_jax.config import parsing
 
-    return config_lib.load_config_file(os.path.join(ROOT, "configs", f"{name}.py"), arg)
+    return parsing.load_config_file(os.path.join(ROOT, "configs", f"{name}.py"), arg)
 
 
 _RUN_VAR = "PHENAKI_TEST_RUN_DIR"
@@ -64,9 +64,8 @@ def shared_workdir(name: str, build: Callable[[str], object]) -> str:
 
 # LLVM's optimisation level for the code XLA generates, in the pytest processes and the
 # processes tests start. Tests run a few steps of small models, so compiling dominates them:
-# level 0 halves the compile time of a tiny tokenizer's train step (11 -> 6.5 s here) and
-# makes the step itself ~2.5x slower (15 -> 40 ms). The suite's CPU time fell from 32.5 to
-# 26.4 min, its wall time from 18.6 to 16.1 (docs/experiments.md, "Session 15"). The
+# level 0 halves the compile time of a tiny tokenizer's train step and makes the step itself
+# ~2.5x slower, which saves a fifth of the suite (docs/experiments/test-suite.md). The
 # arithmetic is the same IEEE arithmetic (XLA's fast-math is off either way): a resumed run
 # compiled at level 0 repeats an optimised run's losses to 1e-5. The trained fixtures below
 # run hundreds of steps and compile optimised; PHENAKI_TEST_OPTIMIZE=1 compiles everything
@@ -113,6 +112,27 @@ def config_loader():
     return load_config
 
 
+def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
+    """A command failed with exactly one `program: error: ...` line holding every needle,
+    and no traceback."""
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if ": error: " in line]
+    assert len(errors) == 1, proc.stderr[-2000:]
+    for n in needles:
+        assert n in errors[0], errors[0]
+
+
+# A tokenizer run of a few steps, for the tests of the commands around training. One layer
+# per stack: what these tests check does not depend on depth, and each layer adds seconds of
+# compilation to every process.
+MICRO = ["--config=configs/cvivit.py:variant=tiny", "--config.total_steps=6",
+         "--config.batch_size=4", "--config.model.width=32", "--config.model.mlp_dim=64",
+         "--config.log_every_steps=2", "--config.checkpoint_every_steps=3",
+         "--config.eval_batches=1", "--config.warmup_steps=1",
+         "--config.model.spatial_layers=1", "--config.model.temporal_layers=1"]
+
+
 # A small but trained pair of models for the transformer and story tests: the tokenizer long
 # enough that its tokens carry colour, shape and position, the transformer long enough that
 # its text matters.
@@ -130,7 +150,7 @@ MICRO_TOKENIZER = ["--config=configs/cvivit.py:variant=tiny", "--config.total_st
 MICRO_TRANSFORMER = ["--config=configs/maskgit.py:variant=tiny", "--config.total_steps=400",
                      "--config.batch_size=8", "--config.model.width=64",
                      "--config.model.num_layers=2", "--config.model.num_heads=2",
-                     "--config.model.mlp_dim=128", "--config.tokens.vocab_size=256",
+                     "--config.model.mlp_dim=128",
                      "--config.text.embed_dim=32", "--config.text.num_layers=1",
                      "--config.text.num_heads=2", "--config.text.mlp_dim=64",
                      "--config.log_every_steps=10", "--config.checkpoint_every_steps=200",
@@ -175,10 +195,9 @@ def micro_transformer_dir(micro_tokenizer_dir):
 
 
 # Modules in the order the two xdist workers should take them (`--no-loadscope-reorder`),
-# heaviest first so that no worker is left with a long module at the end; the wall seconds
-# are one suite run's (Session 18, before the fault-injection tests went to one layer). The
-# modules that use the micro models come after the four heaviest, by when the background
-# build (below) has finished. Unlisted modules run last, in file order.
+# heaviest first so that no worker is left with a long module at the end (the wall seconds
+# are one suite run's). The modules that use the micro models come after the four heaviest,
+# by when the background build (below) has finished. Unlisted modules run last.
 MODULE_ORDER = [
     "test_reliability.py",  # 213 s
     "test_multiprocess.py",  # 184 s
@@ -186,9 +205,9 @@ MODULE_ORDER = [
     "test_cli_tokenizer.py",  # 162 s
     "test_cli_transformer.py",  # 245 s, and the micro models
     "test_story.py",  # 100 s, and the micro models
-    "test_losses.py",  # 85 s
+    "test_cvivit_losses.py",  # 85 s
     "test_cvivit.py",  # 76 s
-    "test_files.py",  # 59 s
+    "test_manifests.py",  # 59 s
     "test_maskgit.py",  # 47 s
     "test_shapes_world.py",  # 39 s
 ]

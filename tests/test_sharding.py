@@ -15,21 +15,22 @@ import jax, numpy as np
 sys.path.insert(0, {root!r})
 from tests.conftest import load_config
 from phenaki_jax import sharding
-from phenaki_jax.train import trainer
+from phenaki_jax.stages import registry
+from phenaki_jax.stages.state import create_state
+from phenaki_jax.train import loop
 
 c = load_config("cvivit")
 c.batch_size = 8
 c.model.width, c.model.mlp_dim, c.model.num_heads = 32, 64, 4
 c.warmup_steps = 0
 c.mesh.data, c.mesh.model = {data}, {model}
-trainer.validate(c, jax.device_count())
+c, stage = registry.for_training(c, jax.device_count())
 mesh = sharding.make_mesh(c)
-stage = trainer.make_stage(c)
 rng = np.random.default_rng(0)
 with sharding.axis_rules(), mesh:
-    init, abstract, shardings = trainer.create_state(stage, mesh, jax.random.key(0))
+    init, abstract, shardings = create_state(stage.init, mesh, jax.random.key(0))
     state = init(jax.random.key(0))
-    step, _ = trainer.jit_train_step(stage, mesh, shardings)
+    step, _ = loop.jit_train_step(stage, mesh, shardings)
     losses = []
     for i in range(3):
         frames = rng.integers(0, 256, (8, 11, 32, 32, 3), dtype=np.uint8)
@@ -96,7 +97,9 @@ import jax, numpy as np
 sys.path.insert(0, {root!r})
 from tests.conftest import load_config
 from phenaki_jax import sharding
-from phenaki_jax.train import trainer
+from phenaki_jax.stages import registry
+from phenaki_jax.stages.state import create_state
+from phenaki_jax.train import loop
 
 c = load_config("maskgit")
 c.batch_size = 8
@@ -104,14 +107,13 @@ c.model.width, c.model.mlp_dim, c.model.num_heads, c.model.num_layers = 32, 64, 
 c.text.embed_dim, c.text.mlp_dim, c.text.num_layers = 16, 32, 1
 c.warmup_steps = 0
 c.mesh.data, c.mesh.model = {data}, {model}
-trainer.validate(c, jax.device_count(), purpose="bench")
+c, stage = registry.for_benchmark(c, jax.device_count())
 mesh = sharding.make_mesh(c)
-stage = trainer.make_stage(c, purpose="bench")
 rng = np.random.default_rng(0)
 with sharding.axis_rules(), mesh:
-    init, abstract, shardings = trainer.create_state(stage, mesh, jax.random.key(0))
+    init, abstract, shardings = create_state(stage.init, mesh, jax.random.key(0))
     state = init(jax.random.key(0))
-    step, _ = trainer.jit_train_step(stage, mesh, shardings)
+    step, _ = loop.jit_train_step(stage, mesh, shardings)
     losses = []
     for i in range(3):
         batch = sharding.global_batch(mesh, stage.bench_batch(rng))

@@ -1,1 +1,2 @@
-"""Data: the shapes world renderer and judge, and the seqio tasks built on it."""
+"""Data: the one feature schema, the shapes world, seqio tasks, JSONL manifests, media I/O and
+the host-side input pipeline."""

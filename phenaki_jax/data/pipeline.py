@@ -7,7 +7,7 @@ reads only its shard (`seqio.ShardInfo` from the process index) and contributes
 
 `config.data.name` is a registered seqio task or mixture, or a JSONL manifest spec read from
 files (`jsonl:train=/a/train.jsonl,validation=/a/val.jsonl` or `jsonl:/a/all.jsonl`, see
-`phenaki_jax.data.files`); bad examples of the latter are skipped and `skipped_examples()`
+`phenaki_jax.data.manifests`); bad examples of the latter are skipped and `skipped_examples()`
 counts them.
 """
 
@@ -18,29 +18,18 @@ from collections.abc import Iterator
 import jax
 import ml_collections
 import numpy as np
+import seqio
+import tensorflow as tf
 
-from phenaki_jax import config_lib
+from phenaki_jax.config import ConfigError
+from phenaki_jax.data import manifest_lines, manifests, tasks
+from phenaki_jax.data import shapes_world as sw
 
-FEATURES = ("frames", "is_image", "text", "context_frames")
-
-
-JSONL_PREFIX = "jsonl:"  # = files.SPEC_PREFIX, spelled here so that parsing needs no TF
-
-
-def skipped_examples() -> int:
-    """Bad examples (distinct manifest lines) skipped so far in this process; 0 without any
-    file-backed data set. The count only grows, and includes examples that the prefetching
-    input pipeline has read ahead of the training step."""
-    from phenaki_jax.data import files
-
-    return files.skipped_examples()
-
-
-def skipped_reasons() -> dict[str, int]:
-    """`skipped_examples()` by reason (see `files.REASONS`)."""
-    from phenaki_jax.data import files
-
-    return files.skipped_reasons()
+# Bad examples (distinct manifest lines) skipped so far in this process, in all and by reason
+# (`manifest_lines.REASONS`); 0 without any file-backed data set. The count only grows, and
+# includes examples that the prefetching input pipeline has read ahead of the training step.
+skipped_examples = manifest_lines.skipped_examples
+skipped_reasons = manifest_lines.skipped_reasons
 
 
 def get_provider(  # noqa: ANN201 - a seqio Task or Mixture
@@ -51,22 +40,16 @@ def get_provider(  # noqa: ANN201 - a seqio Task or Mixture
     A `jsonl:` manifest spec is registered first, at `resolution` and `num_frames`
     (`data_name(config)` does that from the config and returns the task's name).
     """
-    import seqio
-
-    import phenaki_jax.data.tasks  # noqa: F401 - registers the shapes world
-
-    if name.startswith(JSONL_PREFIX):
-        from phenaki_jax.data import files
-
+    if name.startswith(manifests.SPEC_PREFIX):
         if resolution is None:
-            raise config_lib.ConfigError(
+            raise ConfigError(
                 f"config.data.name='{name}' needs config.data.resolution; look it up with "
                 "data_name(config)")
-        name = files.register_spec(name, resolution, num_frames)
+        name = manifests.register_spec(name, resolution, num_frames)
     try:
         return seqio.get_mixture_or_task(name)
     except (KeyError, ValueError) as e:
-        raise config_lib.ConfigError(
+        raise ConfigError(
             f"config.data.name='{name}' is not a registered seqio task or mixture"
         ) from e
 
@@ -78,17 +61,12 @@ def data_name(config: ml_collections.ConfigDict) -> str:
     registered at `data.resolution` / `data.num_frames` and names its task (idempotent); any
     other name is used as is."""
     name = config.data.name
-    if isinstance(name, str) and name.startswith(JSONL_PREFIX):
-        from phenaki_jax.data import files
-
+    if isinstance(name, str) and name.startswith(manifests.SPEC_PREFIX):
         splits = [config.data[k] for k in ("train_split", "eval_split") if k in config.data]
-        return files.register_spec(name, config.data.resolution, config.data.num_frames,
+        return manifests.register_spec(name, config.data.resolution, config.data.num_frames,
                                    splits)
     if "image_fraction" not in config.data or name != f"shapes_world_{config.data.resolution}":
         return name
-    from phenaki_jax.data import shapes_world as sw
-    from phenaki_jax.data import tasks
-
     i, c = config.data.image_fraction, config.data.continuation_fraction
     if (i, c) == (sw.DEFAULT_IMAGE_FRACTION, sw.DEFAULT_CONTINUATION_FRACTION):
         return name
@@ -96,7 +74,7 @@ def data_name(config: ml_collections.ConfigDict) -> str:
         return tasks.register_shapes_world_mixture(f"{name}_images{i:g}_continuations{c:g}",
                                                    config.data.resolution, i, c)
     except ValueError as e:
-        raise config_lib.ConfigError(f"config.data.image_fraction/continuation_fraction: {e}"
+        raise ConfigError(f"config.data.image_fraction/continuation_fraction: {e}"
                                      ) from e
 
 
@@ -115,20 +93,17 @@ def host_batches(
     With `config.data.image_batch_size` > 0 (the tokenizer's image stream) each batch also
     holds `image_frames` uint8 [bi, 1, H, W, 3]: frame 0 of the examples of
     `config.data.image_name`, read in step with the main stream (batch n of both together)."""
-    import seqio
-    import tensorflow as tf
-
     tf.config.set_visible_devices([], "GPU")  # tf.data only; JAX owns the accelerators
     index = jax.process_index() if process_index is None else process_index
     count = jax.process_count() if process_count is None else process_count
     global_batch = config.batch_size if batch_size is None else batch_size
     if global_batch % count:
-        raise config_lib.ConfigError(
+        raise ConfigError(
             f"config.batch_size={global_batch} is not divisible by the {count} hosts"
         )
     image_batch = config.data.get("image_batch_size", 0)
     if image_batch % count:
-        raise config_lib.ConfigError(
+        raise ConfigError(
             f"config.data.image_batch_size={image_batch} is not divisible by the {count} hosts")
 
     def read(name: str, size: int):  # noqa: ANN202 - a tf.data.Dataset
@@ -153,7 +128,7 @@ def host_batches(
     for raw in ds.as_numpy_iterator():
         frames = raw["frames"]
         if frames.shape[1:] != want:
-            raise config_lib.ConfigError(
+            raise ConfigError(
                 f"config.data.name='{data_name(config)}' yields frames of shape "
                 f"{frames.shape[1:]}, but config.data.num_frames/resolution ask for {want}"
             )
@@ -164,7 +139,7 @@ def host_batches(
                                   else context.astype(np.int32))}
         if image_batch:
             if raw["image_frames"].shape[2:] != want[1:]:
-                raise config_lib.ConfigError(
+                raise ConfigError(
                     f"config.data.image_name='{config.data.image_name}' yields frames of shape "
                     f"{raw['image_frames'].shape[2:]}, but config.data.resolution asks for "
                     f"{want[1:]}")

@@ -1,14 +1,7 @@
 """seqio tasks and mixtures of the shapes world; import this module for its registrations.
 
-Every task and mixture yields examples with exactly these features:
-
-* `frames`: uint8 `[11, R, R, 3]`. Images are frame 0 followed by 10 zero frames.
-* `is_image`: int32 scalar, 1 for an image, 0 for a video or continuation clip.
-* `text`: tf.string scalar, the caption.
-* `context_frames`: int32 scalar, how many leading frames the caption does not describe:
-  5 for a continuation clip (its caption tells only frames 5-10), 0 otherwise. The
-  transformer always gives these frames' tokens, as the story decoder gives the frames it
-  continues from, and never learns to generate them from a caption that does not tell them.
+Every task and mixture yields the features of `features.py` (frames `[11, R, R, 3]`; a
+continuation clip's caption tells only frames 5-10, so its `context_frames` is 5).
 
 Registered for R in (32, 64, 128) (`register_shapes_world_tasks` adds other multiples of 32):
 
@@ -41,10 +34,7 @@ Typical use (`sequence_length=None`: nothing is truncated):
 
 from __future__ import annotations
 
-import atexit
 import dataclasses
-import threading
-import time
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -52,6 +42,8 @@ import seqio
 import tensorflow as tf
 
 from phenaki_jax.data import shapes_world as sw
+from phenaki_jax.data.features import output_features
+from phenaki_jax.data.python_gate import PYTHON_GATE
 
 RESOLUTIONS: tuple[int, ...] = (32, 64, 128)
 # Mixture rates of the default tasks, per the spec and the design.
@@ -65,16 +57,6 @@ _KIND_TASK_PREFIX = {
     "video": "shapes_world_videos",
     "continuation": "shapes_world_continuations",
 }
-
-# No feature is tokenized here: the text encoder owns its tokenizer, and frames are pixels.
-_PASS_THROUGH = seqio.PassThroughVocabulary(size=0)
-OUTPUT_FEATURES: Mapping[str, seqio.Feature] = {
-    "frames": seqio.Feature(_PASS_THROUGH, add_eos=False, dtype=tf.uint8, rank=4),
-    "is_image": seqio.Feature(_PASS_THROUGH, add_eos=False, dtype=tf.int32, rank=0),
-    "text": seqio.Feature(_PASS_THROUGH, add_eos=False, dtype=tf.string, rank=0),
-    "context_frames": seqio.Feature(_PASS_THROUGH, add_eos=False, dtype=tf.int32, rank=0),
-}
-
 
 def task_name(kind: str, resolution: int) -> str:
     """Name of the task of one kind ("image", "video", "continuation") at resolution R."""
@@ -101,52 +83,6 @@ def render_features(kind: str, split: str, index: int, resolution: int) -> dict[
         "text": np.bytes_(ex.caption.encode("utf-8")),
         "context_frames": np.int32(sw.CONTINUATION_SPLIT if kind == "continuation" else 0),
     }
-
-
-class _RenderGate:
-    """Lets tf.data's Python rendering go quiet before the interpreter shuts down.
-
-    tf.data threads call `render` through `tf.numpy_function` in the background, ahead of
-    demand. A process that exits with a live iterator (say a training loop's) then races: a
-    worker thread that wants the GIL after Python starts finalizing never gets it, and the
-    iterator's destructor waits for it forever. At exit this gate turns `render` into a no-op
-    returning a blank example, then waits until no call has run for a moment, so the buffers
-    are full and the threads idle before finalization.
-    """
-
-    def __init__(self) -> None:
-        self.closed = False
-        self.used = False
-        self.in_flight = 0
-        self.last_call = 0.0
-        self.lock = threading.Lock()
-
-    def enter(self) -> bool:
-        with self.lock:
-            self.used = True
-            self.in_flight += 1
-            return not self.closed
-
-    def leave(self) -> None:
-        with self.lock:
-            self.in_flight -= 1
-            self.last_call = time.monotonic()
-
-    def close(self, idle_seconds: float = 0.05, timeout_seconds: float = 2.0) -> None:
-        self.closed = True
-        if not self.used:
-            return
-        deadline = time.monotonic() + timeout_seconds
-        while time.monotonic() < deadline:
-            with self.lock:
-                quiet = not self.in_flight and time.monotonic() - self.last_call > idle_seconds
-            if quiet:
-                return
-            time.sleep(0.005)
-
-
-_GATE = _RenderGate()
-atexit.register(_GATE.close)
 
 
 class ShapesWorldSource(seqio.DataSource):
@@ -200,7 +136,7 @@ class ShapesWorldSource(seqio.DataSource):
         kind, r = self.kind, self.resolution
 
         def render(i: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-            is_open = _GATE.enter()
+            is_open = PYTHON_GATE.enter()
             try:
                 if not is_open:  # the process is exiting: nobody will read this element
                     blank = np.zeros((sw.NUM_FRAMES, r, r, 3), np.uint8)
@@ -208,7 +144,7 @@ class ShapesWorldSource(seqio.DataSource):
                 f = render_features(kind, split, int(i), r)
                 return f["frames"], f["is_image"], f["text"], f["context_frames"]
             finally:
-                _GATE.leave()
+                PYTHON_GATE.leave()
 
         def to_features(i: tf.Tensor) -> dict[str, tf.Tensor]:
             # Pure in its input, hence stateful=False: tf.data may then checkpoint the iterator.
@@ -301,7 +237,7 @@ def register_shapes_world_tasks(resolution: int) -> tuple[str, str, str]:
             seqio.TaskRegistry.add(
                 name,
                 source=ShapesWorldSource(kind, r),
-                output_features=OUTPUT_FEATURES,
+                output_features=output_features(),
                 shuffle_buffer_size=None,
             )
         names.append(name)

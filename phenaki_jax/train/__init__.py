@@ -1,1 +1,2 @@
-"""Training: the loop (trainer.py), the stages, checkpoints and state."""
+"""Training: the loop (`loop.train_and_evaluate`), preemption and the metric writers. Only the
+commands import this package."""

@@ -1,5 +1,6 @@
-"""`python -m phenaki_jax.train` is `phenaki-train`."""
+"""`python -m phenaki_jax.train` is `phenaki-train` (the contract's module form of the command;
+the one import of the commands from below them, allowed in .importlinter)."""
 
-from phenaki_jax.train.main import run
+from phenaki_jax.cli.train import run
 
 run()

@@ -1,0 +1,1 @@
+"""Judging generated video: prompt adherence and continuity on the shapes world."""

@@ -1,0 +1,1 @@
+"""Running trained models: the story decoder and the tokenizer."""

@@ -1,0 +1,1 @@
+"""The trainable stages behind one interface (`base.Stage`), by name in `registry`."""
