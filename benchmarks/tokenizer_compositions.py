@@ -143,7 +143,6 @@ def main(argv: Sequence[str]) -> None:
 
 if __name__ == "__main__":
     from phenaki_jax.checkpoint import CheckpointError
-
     from phenaki_jax.cli import common as cli
 
     define_flags()
