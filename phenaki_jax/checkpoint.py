@@ -16,10 +16,12 @@ import os
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from jax.sharding import NamedSharding, PartitionSpec
 
 
 class CheckpointError(RuntimeError):
@@ -32,6 +34,24 @@ def checkpoint_dir(workdir: str) -> str:
 
 def config_to_json(config: ml_collections.ConfigDict) -> dict[str, Any]:
     return json.loads(config.to_json_best_effort())
+
+
+def _non_finite_leaves(state: Any) -> list[str]:  # noqa: ANN401
+    """Paths of the floating-point leaves holding a non-finite value. Checked on the devices,
+    so that leaves sharded over several processes (FSDP) need no gathering and every process
+    reaches the same verdict."""
+    leaves = [(jax.tree_util.keystr(p), x) for p, x in jax.tree_util.tree_leaves_with_path(state)
+              if np.issubdtype(x.dtype, np.inexact)]
+    if not leaves:
+        return []
+    arrays = [x for _, x in leaves]
+    sharding = arrays[0].sharding
+    out = (NamedSharding(sharding.mesh, PartitionSpec()) if isinstance(sharding, NamedSharding)
+           else None)
+    finite = jax.jit(lambda xs: jnp.stack([jnp.all(jnp.isfinite(x)) for x in xs]),
+                     out_shardings=out)(arrays)
+    return [path for (path, _), ok in zip(leaves, np.asarray(jax.device_get(finite)),
+                                          strict=True) if not ok]
 
 
 class Checkpointer:
@@ -78,9 +98,7 @@ class Checkpointer:
         restored = self.manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
         state = restored["state"]
-        bad = [jax.tree_util.keystr(p) for p, x in jax.tree_util.tree_leaves_with_path(state)
-               if np.issubdtype(x.dtype, np.inexact) and not bool(np.isfinite(
-                   np.asarray(jax.device_get(x))).all())]
+        bad = _non_finite_leaves(state)
         if bad:
             raise CheckpointError(f"checkpoint step {step} holds non-finite values in {bad[0]}")
         return state, dict(restored["meta"])

@@ -1,9 +1,10 @@
 """One device mesh for every stage, and the logical-axis rules that map model axes onto it.
 
 Model code names only logical axes, in t5x's vocabulary (`batch`, `length`, `embed`, `mlp`,
-`heads`, `kv`, `vocab`, plus `codebook` and `code` for the quantizer); the rules below map them
-to the mesh axes `data` and `model`. Changing the parallelism of a run is a change of
-`config.mesh` alone.
+`heads`, `kv`, `vocab`, plus `codebook` and `code` for the quantizer, and `activation_embed`
+for the width of activations); the rules below map them to the mesh axes `data`, `fsdp` and
+`model` (MaxText's names). Changing the parallelism of a run is a change of `config.mesh`
+alone.
 """
 
 from __future__ import annotations
@@ -15,20 +16,24 @@ import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
-from phenaki_jax.config.validation import mesh_shape
+from phenaki_jax.config.validation import MESH_AXES, mesh_shape
 
-# Megatron-style tensor parallelism on `model`, data parallelism on `data`.
+# The batch over data x fsdp; parameters (and their optimizer state) split their `embed`
+# dimension over fsdp (ZeRO-3 style: XLA gathers each layer's weights where they are used);
+# Megatron-style tensor parallelism on `model`. Activations keep their width whole.
+BATCH_AXES = ("data", "fsdp")
 LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
-    ("batch", "data"),
+    ("batch", BATCH_AXES),
     ("vocab", "model"),
     ("codebook", None),
     ("code", None),
     ("mlp", "model"),
     ("heads", "model"),
     ("kv", None),
-    ("embed", None),
+    ("embed", "fsdp"),
+    ("activation_embed", None),
     ("length", None),
     ("time", None),
     ("height", None),
@@ -41,16 +46,14 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
 
 def make_mesh(config: ml_collections.ConfigDict,
               devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """Builds the ('data', 'model') mesh from `config.mesh`; -1 takes the remaining devices."""
+    """The ('data', 'fsdp', 'model') mesh of `config.mesh` (-1 takes the remaining devices),
+    laid out by `jax.make_mesh` on the devices' topology (on TPU, `model` and `fsdp` stay
+    within the fast links)."""
     devices = list(jax.devices() if devices is None else devices)
     sizes = mesh_shape(config, len(devices))
-    shape = (sizes["data"], sizes["model"])
-    try:
-        # Topology-aware on TPU (keeps `model` within fast ICI links); plain reshape elsewhere.
-        device_array = jax.experimental.mesh_utils.create_device_mesh(shape, devices=devices)
-    except Exception:  # noqa: BLE001 - CPU and odd topologies fall back to the flat order
-        device_array = np.asarray(devices).reshape(shape)
-    return Mesh(device_array, ("data", "model"))
+    # Auto axes: XLA propagates shardings from the jit boundaries and logical constraints.
+    return jax.make_mesh(tuple(sizes[a] for a in MESH_AXES), MESH_AXES,
+                         axis_types=(AxisType.Auto,) * len(MESH_AXES), devices=devices)
 
 
 def logical_sharding(mesh: Mesh, logical_axes: Sequence[str | None]) -> NamedSharding:
@@ -83,9 +86,10 @@ def axis_rules():  # noqa: ANN201 - a context manager
 
 
 def global_batch(mesh: Mesh, local: dict[str, np.ndarray]) -> dict[str, jax.Array]:
-    """Assembles each host's slice of the batch into global arrays sharded along `data`."""
+    """Assembles each host's slice of the batch into global arrays sharded along data x
+    fsdp."""
     def put(x: np.ndarray) -> jax.Array:
-        spec = PartitionSpec("data", *([None] * (x.ndim - 1)))
+        spec = PartitionSpec(BATCH_AXES, *([None] * (x.ndim - 1)))
         return jax.make_array_from_process_local_data(NamedSharding(mesh, spec), x)
 
     return {k: put(v) for k, v in local.items()}

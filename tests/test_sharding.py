@@ -1,12 +1,14 @@
-"""One mesh, logical axes: a data x model mesh of 8 emulated devices trains exactly like one
-device (the tokenizer's image stream included), and parameters really are split along
-`model`."""
+"""One mesh, logical axes: data x fsdp x model meshes of 8 emulated devices train exactly like
+one device (the tokenizer's image stream included), and parameters really are split: their
+`embed` dimension over `fsdp`, their `mlp` and `heads` dimensions over `model`."""
 
+import functools
 import json
 import subprocess
 import sys
 
 import numpy as np
+import pytest
 from conftest import ROOT, subprocess_env
 
 SCRIPT = r"""
@@ -23,7 +25,7 @@ c = load_config("cvivit")
 c.batch_size = 8
 c.model.width, c.model.mlp_dim, c.model.num_heads = 32, 64, 4
 c.warmup_steps = 0
-c.mesh.data, c.mesh.model = {data}, {model}
+c.mesh.data, c.mesh.fsdp, c.mesh.model = {data}, {fsdp}, {model}
 c, stage = registry.for_training(c, jax.device_count())
 mesh = sharding.make_mesh(c)
 rng = np.random.default_rng(0)
@@ -40,30 +42,43 @@ with sharding.axis_rules(), mesh:
         state, m = step(state, batch)
         losses.append(float(m["loss"]))
     wi = state.params["enc_spatial"]["block_0"]["mlp"]["wi"]["kernel"]
+    mu = [x for x in jax.tree.leaves(state.opt_state) if x.shape == wi.shape][0]
     print(json.dumps({{"losses": losses, "devices": jax.device_count(),
                       "wi_spec": str(wi.sharding.spec),
-                      "wi_shard_shape": list(wi.addressable_shards[0].data.shape)}}))
+                      "wi_shard_shape": list(wi.addressable_shards[0].data.shape),
+                      "wi_mu_shard_shape": list(mu.addressable_shards[0].data.shape)}}))
 """
 
 
-def _run(devices, data, model, script=SCRIPT):
+def _run(devices, data, fsdp, model, script=SCRIPT):
     env = subprocess_env(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
-    proc = subprocess.run([sys.executable, "-c", script.format(root=ROOT, data=data,
+    proc = subprocess.run([sys.executable, "-c", script.format(root=ROOT, data=data, fsdp=fsdp,
                                                                model=model)],
                           env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def test_data_model_mesh_matches_single_device():
-    one = _run(1, -1, 1)
-    eight = _run(8, 4, 2)
+@pytest.mark.parametrize("data, fsdp, model, wi_shard", [
+    (4, 1, 2, [32, 32]),  # `mlp` over the 2-way model axis
+    (2, 2, 2, [16, 32]),  # and `embed` over the 2-way fsdp axis
+    (1, 8, 1, [4, 64]),  # `embed` over all 8 devices, fully sharded data parallelism
+])
+def test_meshes_of_8_devices_match_a_single_device(data, fsdp, model, wi_shard):
+    one = _single_device()
+    eight = _run(8, data, fsdp, model)
     assert eight["devices"] == 8
     np.testing.assert_allclose(eight["losses"], one["losses"], rtol=1e-5)
-    # The MLP's input kernel [embed, mlp] is split along `mlp` over the 2-way model axis.
-    assert "model" in eight["wi_spec"]
-    assert eight["wi_shard_shape"] == [32, 32]
+    # The MLP's input kernel [embed, mlp], and its optimizer state with it.
+    assert eight["wi_shard_shape"] == wi_shard
+    assert eight["wi_mu_shard_shape"] == wi_shard
+    assert "fsdp" in eight["wi_spec"] and "model" in eight["wi_spec"]
     assert one["wi_shard_shape"] == [32, 64]
+
+
+@functools.cache
+def _single_device():
+    return _run(1, 1, 1, 1)
 
 
 def test_checkpoint_from_8_device_mesh_resumes_on_one_device(tmp_path):
@@ -106,7 +121,7 @@ c.batch_size = 8
 c.model.width, c.model.mlp_dim, c.model.num_heads, c.model.num_layers = 32, 64, 4, 2
 c.text.embed_dim, c.text.mlp_dim, c.text.num_layers = 16, 32, 1
 c.warmup_steps = 0
-c.mesh.data, c.mesh.model = {data}, {model}
+c.mesh.data, c.mesh.fsdp, c.mesh.model = {data}, {fsdp}, {model}
 c, stage = registry.for_benchmark(c, jax.device_count())
 mesh = sharding.make_mesh(c)
 rng = np.random.default_rng(0)
@@ -128,9 +143,9 @@ with sharding.axis_rules(), mesh:
 """
 
 
-def test_transformer_on_a_data_model_mesh_matches_single_device():
-    one, eight = _run(1, -1, 1, MASKGIT_SCRIPT), _run(8, 4, 2, MASKGIT_SCRIPT)
+def test_transformer_on_a_data_fsdp_model_mesh_matches_single_device():
+    one, eight = _run(1, 1, 1, 1, MASKGIT_SCRIPT), _run(8, 2, 2, 2, MASKGIT_SCRIPT)
     np.testing.assert_allclose(eight["losses"], one["losses"], rtol=1e-5)
-    assert eight["wi_shard_shape"] == [32, 32] and one["wi_shard_shape"] == [32, 64]
-    # Cross-attention heads [embed, heads, kv] are split over the model axis too.
-    assert eight["cross_q_shard_shape"] == [32, 2, 8]
+    assert eight["wi_shard_shape"] == [16, 32] and one["wi_shard_shape"] == [32, 64]
+    # Cross-attention heads [embed, heads, kv]: embed over fsdp, heads over model.
+    assert eight["cross_q_shard_shape"] == [16, 2, 8]

@@ -75,7 +75,9 @@ def common_config(stage: str, variant: str) -> ml_collections.ConfigDict:
     c.eval_every_steps = 0  # 0: evaluate only at the end
     c.eval_batches = 4  # 0 turns evaluation off (periodic and final)
     c.max_consecutive_nonfinite = 5
-    c.mesh = ml_collections.ConfigDict({"data": -1, "model": 1})
+    # Device mesh axes (-1: the devices the others leave): the batch over data x fsdp,
+    # parameters' embed dimension over fsdp, tensor parallelism over model.
+    c.mesh = ml_collections.ConfigDict({"data": 1, "fsdp": -1, "model": 1})
     c.data = ml_collections.ConfigDict()
     c.data.name = "shapes_world_videos_mix_32"
     c.data.resolution = 32

@@ -67,9 +67,17 @@ def in_range(config: Config, field: str, low: float, high: float,
         raise ConfigError(f"config.{field} must be in [{low:g}, {high:g}{bracket}, got {value!r}")
 
 
+MESH_AXES = ("data", "fsdp", "model")
+
+
 def mesh_shape(config: Config, num_devices: int) -> dict[str, int]:
-    """Resolves `config.mesh` (one axis may be -1) against the device count."""
-    sizes = dict(config.mesh.items())
+    """Resolves `config.mesh` (`data`, `fsdp`, `model`; one may be -1, taking the devices the
+    others leave; a missing axis is 1) against the device count."""
+    sizes = {axis: 1 for axis in MESH_AXES}
+    for k, v in config.mesh.items():
+        if k not in MESH_AXES:
+            raise ConfigError(f"config.mesh.{k} is not a mesh axis (axes: {', '.join(MESH_AXES)})")
+        sizes[k] = v
     free = [k for k, v in sizes.items() if v == -1]
     if len(free) > 1:
         raise ConfigError(f"config.mesh: at most one axis may be -1, got {sizes}")
@@ -140,15 +148,20 @@ def _validate_common(config: Config) -> None:
 
 def _validate_mesh(config: Config, num_devices: int) -> None:
     sizes = mesh_shape(config, num_devices)
-    if config.batch_size % sizes["data"]:
-        raise ConfigError(
-            f"config.batch_size={config.batch_size} is not divisible by the mesh's data "
-            f"axis ({sizes['data']} devices)")
+    # The batch splits over data x fsdp; parameters split their `embed` dimension over fsdp
+    # and their `mlp`, `heads` and `vocab` dimensions over model.
+    shards = sizes["data"] * sizes["fsdp"]
+    split = f"the mesh's data x fsdp axes ({sizes['data']} x {sizes['fsdp']} devices)"
+    if config.batch_size % shards:
+        raise ConfigError(f"config.batch_size={config.batch_size} is not divisible by {split}")
     images = config.data.get("image_batch_size", 0)
-    if config.stage == "cvivit" and images % sizes["data"]:
-        raise ConfigError(
-            f"config.data.image_batch_size={images} is not divisible by the mesh's data axis "
-            f"({sizes['data']} devices)")
+    if config.stage == "cvivit" and images % shards:
+        raise ConfigError(f"config.data.image_batch_size={images} is not divisible by {split}")
+    widths = ["model.width"] + (["text.embed_dim"] if config.stage == "maskgit" else [])
+    for field in widths:
+        if get_field(config, field) % sizes["fsdp"]:
+            raise ConfigError(f"config.{field}={get_field(config, field)} is not divisible by "
+                              f"the mesh's fsdp axis ({sizes['fsdp']}), over which it is split")
     if config.stage == "maskgit" and config.tokens.vocab_size % sizes["model"]:
         raise ConfigError(
             f"config.tokens.vocab_size={config.tokens.vocab_size} is not divisible by the "

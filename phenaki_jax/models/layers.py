@@ -200,9 +200,9 @@ class Block(nn.Module):
 def _activation_axes(ndim: int) -> tuple[str, ...]:
     """Logical names of a residual stream [B, L, D] or a factorized [B, T, S, D]."""
     if ndim == 3:
-        return ("batch", "length", "embed")
+        return ("batch", "length", "activation_embed")
     if ndim == 4:
-        return ("batch", "time", "length", "embed")
+        return ("batch", "time", "length", "activation_embed")
     raise ValueError(f"residual streams are [B, L, D] or [B, T, S, D], got rank {ndim}")
 
 

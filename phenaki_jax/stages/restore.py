@@ -63,7 +63,7 @@ def restore_state(workdir: str, stage: Stage, mesh: jax.sharding.Mesh | None = N
         raise CheckpointError(f"{workdir} has no checkpoint of step {step} (it has {kept})")
     if mesh is None:
         config = ml_collections.ConfigDict(stage.config.to_dict())
-        config.mesh = ml_collections.ConfigDict({"data": -1, "model": 1})
+        config.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "model": 1})
         mesh = sharding.make_mesh(config)
     with sharding.axis_rules(), mesh:
         _, abstract, _ = create_state(stage.init, mesh, jax.random.key(0))

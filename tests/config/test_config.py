@@ -68,19 +68,36 @@ def test_impossible_config_names_the_field(field, value, needle):
 
 def test_mesh_must_match_devices():
     c = load_config("cvivit")
-    c.mesh.data = 3
+    c.mesh.data = 3  # with fsdp taking the rest, 3 must divide the devices
     with pytest.raises(ConfigError, match="config.mesh"):
         validation.validate(c, num_devices=8)
-    c.mesh.data, c.mesh.model = -1, 3
-    with pytest.raises(ConfigError, match="config.mesh"):
+    c.mesh.data, c.mesh.model = -1, 2  # two axes may not both take the rest
+    with pytest.raises(ConfigError, match="at most one axis may be -1"):
         validation.validate(c, num_devices=8)
-    c.mesh.data, c.mesh.model = -1, 2
+    c.mesh.fsdp = 1
     c.batch_size = 6  # 4 data shards
     with pytest.raises(ConfigError, match="config.batch_size"):
         validation.validate(c, num_devices=8)
-    assert validation.mesh_shape(c, 8) == {"data": 4, "model": 2}
+    assert validation.mesh_shape(c, 8) == {"data": 4, "fsdp": 1, "model": 2}
     c.batch_size, c.data.image_batch_size = 8, 6
     with pytest.raises(ConfigError, match="config.data.image_batch_size"):
+        validation.validate(c, num_devices=8)
+
+
+def test_fsdp_fills_the_devices_and_splits_batch_and_widths():
+    c = load_config("maskgit")
+    assert validation.mesh_shape(c, 8) == {"data": 1, "fsdp": 8, "model": 1}
+    c.mesh.data = 2
+    assert validation.mesh_shape(c, 8) == {"data": 2, "fsdp": 4, "model": 1}
+    c.batch_size = 4  # data x fsdp = 8 shards
+    with pytest.raises(ConfigError, match="config.batch_size=4 .* data x fsdp"):
+        validation.validate(c, num_devices=8)
+    c.batch_size, c.mesh.data, c.mesh.fsdp = 16, 1, 3
+    c.model.width = 132  # its embed dimension is split over fsdp
+    with pytest.raises(ConfigError, match="config.mesh"):
+        validation.validate(c, num_devices=8)
+    c.mesh.fsdp, c.mesh.data = -1, 1
+    with pytest.raises(ConfigError, match="config.model.width=132 .* fsdp"):
         validation.validate(c, num_devices=8)
 
 
@@ -136,7 +153,8 @@ def test_demo_recipe_flags_reproduce_the_demo_config(name, monkeypatch):
 
 @pytest.mark.parametrize("override, message", [
     ("--config.model.widht=3", "unknown config field model.widht (did you mean model.width?)"),
-    ("--config.mesh.fsdp=3", "unknown config field mesh.fsdp (mesh has data, model)"),
+    ("--config.mesh.fdsp=3", "unknown config field mesh.fdsp (did you mean mesh.fsdp?)"),
+    ("--config.mesh.pipeline=3", "unknown config field mesh.pipeline (mesh has data, fsdp, model)"),
 ])
 def test_an_unknown_override_reads_as_a_sentence(override, message):
     from phenaki_jax.cli.common import unknown_override
