@@ -15,6 +15,9 @@ setup(
     install_requires=[
         "jax==0.10.2",
         "jaxlib==0.10.2",
+        # The TPU runtime matching jax: on pods, and here for phenaki-plan's compile-only
+        # TPU devices.
+        "libtpu==0.0.42.1",
         "flax==0.12.8",
         "optax==0.2.8",
         "orbax-checkpoint==0.12.8",
@@ -45,6 +48,7 @@ setup(
             "phenaki-story=phenaki_jax.cli.story:run",
             "phenaki-eval=phenaki_jax.cli.eval:run",
             "phenaki-demo=phenaki_jax.cli.demo:run",
+            "phenaki-plan=phenaki_jax.cli.plan:run",
         ]
     },
 )

@@ -17,6 +17,9 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# The tests run on the CPU, also where libtpu is installed (phenaki-plan's compile-only TPU
+# devices need no TPU platform); the processes they start inherit this.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 
 def load_config(name: str, arg: str = "variant=tiny"):
@@ -205,6 +208,7 @@ MODULE_ORDER = [
     "test_cli_tokenizer.py",  # 162 s
     "test_cli_transformer.py",  # 245 s, and the micro models
     "test_story.py",  # 100 s, and the micro models
+    "test_plan.py",  # the TPU compiler
     "test_cvivit_losses.py",  # 85 s
     "test_cvivit.py",  # 76 s
     "test_manifests.py",  # 59 s

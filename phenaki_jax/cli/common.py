@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import glob
 import logging as std_logging
 import os
 import platform
@@ -128,6 +129,21 @@ def huge_pages_env(environ: Mapping[str, str]) -> dict[str, str] | None:
     return env
 
 
+# Device files of the accelerators JAX can drive: TPU (v2-v5e: accel, v5p and later: vfio)
+# and NVIDIA GPUs.
+ACCELERATOR_DEVICES = ("/dev/accel*", "/dev/vfio/[0-9]*", "/dev/nvidia[0-9]*")
+
+
+def platforms_env(environ: Mapping[str, str]) -> dict[str, str] | None:
+    """`JAX_PLATFORMS=cpu` added when this machine has no accelerator and the variable is
+    unset, or None. Why: libtpu (a dependency, for phenaki-plan and pods) otherwise probes
+    for a TPU at every start, printing errors and waiting seconds; compile-only TPU devices
+    need no TPU platform."""
+    if "JAX_PLATFORMS" in environ or any(glob.glob(p) for p in ACCELERATOR_DEVICES):
+        return None
+    return {**environ, "JAX_PLATFORMS": "cpu"}
+
+
 def run(program: str, main: Callable[[Sequence[str]], None],
         expected: tuple[type[BaseException], ...] = ()) -> None:
     """`absl.app.run` with flag errors and the `expected` exceptions as one-line errors.
@@ -135,6 +151,9 @@ def run(program: str, main: Callable[[Sequence[str]], None],
     First, once, the process re-executes itself with the same arguments and huge pages for
     glibc's heap (`huge_pages_env`), before JAX or TensorFlow is imported.
     """
+    platforms = platforms_env(os.environ)
+    if platforms is not None:
+        os.environ.update(platforms)
     env = huge_pages_env(os.environ)
     if env is not None:
         sys.stdout.flush()
