@@ -20,7 +20,7 @@ install: $(STAMP)
 # ruff, and the import contract of .importlinter (arrows point down, no cycles).
 lint: $(STAMP)
 	$(VENV)/bin/ruff check phenaki_jax configs tests benchmarks
-	$(VENV)/bin/lint-imports
+	$(VENV)/bin/lint-imports --no-logo --no-cache
 
 # The commands re-execute themselves with this glibc tunable (phenaki_jax/cli.py); the tests
 # that train in the pytest process itself get it here. Two xdist workers, a module each at a

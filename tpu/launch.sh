@@ -4,7 +4,7 @@
 # joins the hosts from the TPU metadata; every host saves its checkpoint shards).
 # Usage: tpu/launch.sh NAME ZONE -- phenaki-train --multihost \
 #          --config=configs/cvivit.py:variant=paper \
-#          --workdir=gs://BUCKET/runs/tok [--config.mesh.model=8 ...]
+#          --workdir=/mnt/shared/runs/tok [--config.mesh.model=8 ...]
 set -euo pipefail
 if [ $# -lt 4 ] || [ "$3" != "--" ]; then
   echo "usage: $0 NAME ZONE -- COMMAND..." >&2

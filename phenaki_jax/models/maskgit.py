@@ -78,7 +78,7 @@ class MaskGIT(nn.Module):
         pw = self.param("width_pos", pos, (self.grid[2], d), jnp.float32)
         position = (pt[:t, None, None] + ph[None, :h, None] + pw[None, None, :w])
         x = x + position.reshape(1, t * h * w, d).astype(self.dtype)
-        x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+        x = nn.with_logical_constraint(x, ("batch", "length", "activation_embed"))
 
         context = context.astype(self.dtype)
         context_mask = context_mask.astype(bool)

@@ -302,7 +302,7 @@ class T5EncoderLayer(nn.Module):
         x = x + T5Attention(cfg.num_heads, cfg.d_kv, dtype, name="attention")(h, bias, key_mask)
         h = T5LayerNorm(cfg.layer_norm_epsilon, dtype, name="pre_mlp_layer_norm")(x)
         x = x + T5Mlp(cfg.d_ff, cfg.is_gated, cfg.activation, dtype, name="mlp")(h)
-        return nn.with_logical_constraint(x, ("batch", "length", "embed"))
+        return nn.with_logical_constraint(x, ("batch", "length", "activation_embed"))
 
 
 class T5Encoder(nn.Module):
@@ -326,7 +326,7 @@ class T5Encoder(nn.Module):
                      embedding_init=nn.with_logical_partitioning(nn.initializers.normal(1.0),
                                                                  ("vocab", "embed")),
                      name="token_embedder")(ids.astype(jnp.int32))
-        x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+        x = nn.with_logical_constraint(x, ("batch", "length", "activation_embed"))
         # Computed once and shared by every layer, as in T5.
         bias = RelativePositionBias(cfg.num_heads, cfg.relative_attention_num_buckets,
                                     cfg.relative_attention_max_distance,
