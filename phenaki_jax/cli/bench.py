@@ -96,6 +96,7 @@ def benchmark(config: Any, steps: int = 5, abstract: bool = False,
     from phenaki_jax.stages import registry
     from phenaki_jax.stages.state import create_state
     from phenaki_jax.train.loop import jit_train_step
+    from phenaki_jax.train.plan import DEVICE_KINDS, GENERATIONS, model_flops
 
     config, stage = registry.for_benchmark(config, None if abstract else jax.device_count())
     if sample and config.stage != "maskgit":
@@ -144,9 +145,26 @@ def benchmark(config: Any, steps: int = 5, abstract: bool = False,
             out.update(sample_seconds(stage, state, mesh, steps))
     peak = matmul_peak_flops()
     out["matmul_peak_flops_per_s"] = peak
+    # XLA's flops (rematerialisation included) over this process's measured float32 matmul.
     out["mfu"] = out["achieved_flops_per_s"] / peak
+    # The model's flops over the devices' peak: a TPU's bf16 datasheet peak, or on the CPU
+    # (which has no datasheet here) the measured matmul.
+    device = jax.devices()[0]
+    generation = next((g for g in GENERATIONS.values()
+                       if DEVICE_KINDS.get(device.device_kind) == g.platform), None)
+    device_peak = (peak if generation is None
+                   else generation.peak_bf16_flops * jax.device_count())
+    out["model_flops_per_step"] = model_flops(config, nn.unbox(boxed).params,
+                                              tuple(stage.tokens_shape))
+    out["device_peak_flops_per_s"] = device_peak
+    out["model_mfu"] = out["model_flops_per_step"] / step_s / device_peak
+    stats = [d.memory_stats() or {} for d in jax.local_devices()]
+    peaks = [m["peak_bytes_in_use"] for m in stats if "peak_bytes_in_use" in m]
+    # The devices' peak allocation; on the CPU, the process's peak resident memory.
+    out["peak_memory_bytes"] = (max(peaks) if peaks else
+                                resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     out["devices"] = jax.device_count()
-    out["platform"] = jax.devices()[0].platform
+    out["platform"] = device.platform
     return out
 
 

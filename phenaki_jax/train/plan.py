@@ -53,6 +53,10 @@ GENERATIONS = {
 }
 
 
+# `device_kind` of each generation's chips -> its topology prefix.
+DEVICE_KINDS = {"TPU v4": "v4", "TPU v5": "v5p", "TPU v5 lite": "v5e", "TPU v6 lite": "v6e"}
+
+
 def topology_names() -> list[str]:
     """Every name `plan` takes: v4-8 ... v4-256, v5litepod-8 ... v6e-256."""
     return [f"{name}-{chips * g.cores_per_chip}" for name, g in GENERATIONS.items()
@@ -87,7 +91,8 @@ def model_flops(config: ml_collections.ConfigDict, params: Any,  # noqa: ANN401
                 tokens_shape: tuple[int, int, int]) -> float:
     """Analytic training flops of one step: 6 x parameters x tokens for the matmuls, plus
     attention's scores and weighted sums (12 x L^2 x width per layer and example, forward and
-    backward). The tokenizer's discriminator and LPIPS are not counted."""
+    backward). The tokenizer's discriminator and LPIPS are not counted, nor the frozen
+    tokenizer inside the transformer's step."""
     b, (t, h, w) = config.batch_size, tokens_shape
     d = config.model.width
     if config.stage == "maskgit":
@@ -102,7 +107,10 @@ def model_flops(config: ml_collections.ConfigDict, params: Any,  # noqa: ANN401
     tokens = b * t * h * w + images * h * w
     spatial = 12.0 * config.model.spatial_layers * d * (b * t + images) * (h * w) ** 2
     temporal = 12.0 * config.model.temporal_layers * d * b * h * w * t ** 2
-    return 6.0 * count_params(params) * tokens + 2 * (spatial + temporal)  # encoder, decoder
+    # The decoder attends globally; the encoder too unless each tubelet attends to itself
+    # alone (`encoder_window=0`; a window r > 0 is counted as global).
+    stacks = 1 if config.model.get("encoder_window", -1) == 0 else 2
+    return 6.0 * count_params(params) * tokens + stacks * (spatial + temporal)
 
 
 def plan(config: ml_collections.ConfigDict, topology: str, mfu: float = 0.4) -> dict[str, Any]:

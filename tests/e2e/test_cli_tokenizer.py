@@ -151,3 +151,10 @@ def test_bench_measures_a_step():
         assert k in out, k
     assert out["flops_per_step"] > 0 and 0 < out["mfu"] < 2
     np.testing.assert_allclose(out["examples_per_s"], 2 / out["step_s"], rtol=1e-6)
+    # The model's analytic flops over the device's peak (on the CPU, the measured matmul);
+    # the analytic count and XLA's agree roughly (XLA's adds what the model count leaves out).
+    assert out["device_peak_flops_per_s"] == out["matmul_peak_flops_per_s"]
+    np.testing.assert_allclose(out["model_mfu"], out["model_flops_per_step"] / out["step_s"]
+                               / out["device_peak_flops_per_s"], rtol=1e-6)
+    assert 0.3 < out["model_flops_per_step"] / out["flops_per_step"] < 2
+    assert out["peak_memory_bytes"] > 1 << 20
