@@ -1,12 +1,18 @@
 #!/usr/bin/env bash
-# Creates a TPU VM slice. Usage: tpu/create.sh NAME ZONE ACCELERATOR [--spot]
-#   e.g. tpu/create.sh phenaki-v4-32 us-central2-b v4-32 --spot
-set -euo pipefail
-if [ $# -lt 3 ]; then
-  echo "usage: $0 NAME ZONE ACCELERATOR_TYPE [--spot]" >&2
-  exit 2
-fi
-name=$1 zone=$2 accel=$3
-shift 3
-gcloud compute tpus tpu-vm create "$name" --zone="$zone" --accelerator-type="$accel" \
-  --version="${TPU_SOFTWARE_VERSION:-tpu-ubuntu2204-base}" "$@"
+# Requests a TPU VM slice as a queued resource, with its generation's runtime.
+# Usage: tpu/create.sh NAME ZONE ACCELERATOR_TYPE [--spot|--reserved|--best-effort] [--dry-run]
+source "$(dirname "$0")/lib.sh"
+args=() pos=()
+for a in "$@"; do
+  case "$a" in
+    --dry-run) DRY_RUN=1 ;;
+    --spot|--reserved|--best-effort) args+=("$a") ;;
+    --*) die "unknown flag $a" ;;
+    *) pos+=("$a") ;;
+  esac
+done
+[ "${#pos[@]}" = 3 ] || die "usage: $0 NAME ZONE ACCELERATOR_TYPE [--spot|--reserved|--best-effort] [--dry-run]"
+name=${pos[0]} zone=${pos[1]} accel=${pos[2]}
+version=$(runtime_version "$accel")
+run gcloud compute tpus queued-resources create "$name" --node-id="$name" --zone="$zone" \
+  --accelerator-type="$accel" --runtime-version="$version" "${args[@]}"

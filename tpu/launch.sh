@@ -1,28 +1,29 @@
 #!/usr/bin/env bash
-# Copies this checkout to every host of a TPU VM slice, installs the pinned environment with
-# TPU jaxlib, and starts the same phenaki-train command on all hosts (with --multihost, JAX
-# joins the hosts from the TPU metadata; every host saves its checkpoint shards).
-# Usage: tpu/launch.sh NAME ZONE -- phenaki-train --multihost \
-#          --config=configs/cvivit.py:variant=paper \
-#          --workdir=/mnt/shared/runs/tok [--config.mesh.model=8 ...]
-set -euo pipefail
-if [ $# -lt 4 ] || [ "$3" != "--" ]; then
-  echo "usage: $0 NAME ZONE -- COMMAND..." >&2
-  exit 2
-fi
-name=$1 zone=$2
-shift 3
+# Starts the same command on every host of a slice, after ending whatever still holds the
+# TPU; each host logs to ~/train.log and to WORKDIR/logs/worker-HOST.log.
+# Usage: tpu/launch.sh NAME ZONE [--dry-run] -- phenaki-train --multihost --workdir=DIR ...
+source "$(dirname "$0")/lib.sh"
+pos=()
+while [ $# -gt 0 ] && [ "$1" != "--" ]; do
+  case "$1" in
+    --dry-run) DRY_RUN=1 ;;
+    --*) die "unknown flag $1" ;;
+    *) pos+=("$1") ;;
+  esac
+  shift
+done
+[ "${#pos[@]}" = 2 ] && [ "${1:-}" = "--" ] && [ $# -ge 2 ] \
+  || die "usage: $0 NAME ZONE [--dry-run] -- COMMAND..."
+shift
+name=${pos[0]} zone=${pos[1]}
+workdir=""
+for a in "$@"; do
+  case "$a" in --workdir=*) workdir=${a#--workdir=} ;; esac
+done
+[ -n "$workdir" ] || die "the command needs --workdir=DIR (every host writes its log there)"
 cmd=$(printf '%q ' "$@")
-here=$(cd "$(dirname "$0")/.." && pwd)
-tar -C "$here" --exclude=.venv --exclude=runs --exclude=.git -czf /tmp/phenaki_jax.tgz .
-gcloud compute tpus tpu-vm scp /tmp/phenaki_jax.tgz "$name":~/ --zone="$zone" --worker=all
-gcloud compute tpus tpu-vm ssh "$name" --zone="$zone" --worker=all --command="
-  set -e
-  mkdir -p ~/phenaki_jax && tar -C ~/phenaki_jax -xzf ~/phenaki_jax.tgz && cd ~/phenaki_jax
-  python3 -m venv .venv && .venv/bin/pip install -q -c requirements.lock -e . \
-    && .venv/bin/pip install -q 'jax[tpu]==0.10.2'
-  # nohup + log per host: a dropped ssh session does not stop training; SIGTERM from a
-  # preemption reaches the process, which checkpoints and exits 0 (see README, Reliability).
-  nohup .venv/bin/$cmd > ~/train.log 2>&1 &
-"
-echo "launched on all hosts of $name; logs: gcloud compute tpus tpu-vm ssh $name --zone=$zone --worker=0 --command='tail -f ~/train.log'"
+ssh_all "$name" "$zone" "sudo pkill -9 -f phenaki-train || true; \
+sudo lsof -t /dev/accel* /dev/vfio/[0-9]* 2>/dev/null | xargs -r sudo kill -9; \
+mkdir -p $workdir/logs; cd ~/phenaki_jax; \
+nohup bash -c '.venv/bin/${cmd% } 2>&1 | tee ~/train.log > $workdir/logs/worker-\$(hostname).log' \
+> /dev/null 2>&1 &"
