@@ -34,6 +34,11 @@ _LENGTH = flags.DEFINE_integer("story_length", 3, "Prompts per story.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the prompt choice and of generation.")
 _COND = flags.DEFINE_integer("cond_frames", 5, "K of the story decoder.")
 _BATCH = flags.DEFINE_integer("batch_size", 16, "Clips generated together.")
+_DATA = flags.DEFINE_string(
+    "data", None, "Judge real video instead: a data set as in --config.data.name (jsonl:..., "
+    "a seqio task); its validation split's clips are reconstructed (a tokenizer or a "
+    "transformer's frozen one) and, for a transformer, generated from their captions.")
+_MAX_CLIPS = flags.DEFINE_integer("max_clips", 64, "With --data: validation clips judged.")
 
 
 def main(argv: Sequence[str]) -> None:
@@ -42,6 +47,19 @@ def main(argv: Sequence[str]) -> None:
     for flag in (_WORKDIR, _OUTPUT_DIR):
         if not flag.value:
             raise UsageError(f"--{flag.name} is required")
+    if _DATA.value:
+        if _MAX_CLIPS.value < 2:
+            raise UsageError(f"--max_clips must be >= 2 (FVD), got {_MAX_CLIPS.value}")
+        from phenaki_jax.evaluation.real_video import evaluate_real
+
+        logging.set_verbosity(logging.INFO)
+        report = evaluate_real(_WORKDIR.value, _DATA.value, _OUTPUT_DIR.value, _MAX_CLIPS.value,
+                               _BATCH.value)
+        summary = {k: {m: v for m, v in report[k].items() if m != "per_clip"}
+                   for k in ("reconstruction", "generation") if k in report}
+        sys.stdout.write(json.dumps({**summary, "report": os.path.join(
+            _OUTPUT_DIR.value, "eval_report.json")}) + "\n")
+        return
     from phenaki_jax.evaluation.adherence import EvalPlan, evaluate
     from phenaki_jax.inference.story import StoryDecoder
 
@@ -59,8 +77,9 @@ def run() -> None:
     from phenaki_jax.checkpoint import CheckpointError
     from phenaki_jax.data.media import MediaError
     from phenaki_jax.inference.story_io import StoryError
+    from phenaki_jax.models.i3d import I3DWeightsError
 
-    run_command("phenaki-eval", main, (StoryError, MediaError, CheckpointError))
+    run_command("phenaki-eval", main, (StoryError, MediaError, CheckpointError, I3DWeightsError))
 
 
 if __name__ == "__main__":

@@ -145,3 +145,21 @@ def host_batches(
                     f"{want[1:]}")
             out["image_frames"] = raw["image_frames"]
         yield out
+
+
+def split_examples(config: ml_collections.ConfigDict, split: str,
+                   max_examples: int) -> dict[str, np.ndarray]:
+    """At most `max_examples` examples of a split, in order, each once (for evaluation):
+    frames uint8 [N, T, R, R, 3], is_image int32 [N], text bytes [N]."""
+    ds = get_provider(data_name(config), config.data.resolution,
+                      config.data.num_frames).get_dataset(
+        sequence_length=None, split=split, shuffle=False, num_epochs=1, seed=config.seed,
+        use_cached=False)
+    rows = list(ds.take(max_examples).as_numpy_iterator())
+    if not rows:
+        return {"frames": np.zeros((0, config.data.num_frames, config.data.resolution,
+                                    config.data.resolution, 3), np.uint8),
+                "is_image": np.zeros((0,), np.int32), "text": np.zeros((0,), object)}
+    return {"frames": np.stack([r["frames"] for r in rows]),
+            "is_image": np.asarray([r["is_image"] for r in rows], np.int32),
+            "text": np.asarray([r["text"] for r in rows], object)}
