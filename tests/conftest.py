@@ -29,6 +29,19 @@ def load_config(name: str, arg: str = "variant=tiny"):
     return parsing.load_config_file(os.path.join(ROOT, "configs", f"{name}.py"), arg)
 
 
+# The shapes world's palette as its rules (docs/shapes_world.md) give it: the golden values
+# the renderer's and the judge's tests check against.
+SPEC_PALETTE = {
+    "red": (255, 0, 0),
+    "green": (0, 255, 0),
+    "blue": (0, 0, 255),
+    "yellow": (255, 255, 0),
+    "cyan": (0, 255, 255),
+    "magenta": (255, 0, 255),
+    "white": (255, 255, 255),
+}
+
+
 _RUN_VAR = "PHENAKI_TEST_RUN_DIR"
 
 

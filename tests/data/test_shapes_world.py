@@ -8,19 +8,11 @@ import collections
 
 import numpy as np
 import pytest
+from conftest import SPEC_PALETTE
 
 from phenaki_jax.data import features
 from phenaki_jax.data import shapes_world as sw
 
-SPEC_PALETTE = {
-    "red": (255, 0, 0),
-    "green": (0, 255, 0),
-    "blue": (0, 0, 255),
-    "yellow": (255, 255, 0),
-    "cyan": (0, 255, 255),
-    "magenta": (255, 0, 255),
-    "white": (255, 255, 255),
-}
 SPEC_HELD_OUT = {
     ("magenta", "triangle"),
     ("cyan", "circle"),

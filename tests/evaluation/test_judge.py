@@ -4,19 +4,10 @@ from hand-built frames, and the judge recovering rendered examples."""
 
 import numpy as np
 import pytest
+from conftest import SPEC_PALETTE
 
 from phenaki_jax.data import shapes_world as sw
 from phenaki_jax.evaluation import judge
-
-SPEC_PALETTE = {
-    "red": (255, 0, 0),
-    "green": (0, 255, 0),
-    "blue": (0, 0, 255),
-    "yellow": (255, 255, 0),
-    "cyan": (0, 255, 255),
-    "magenta": (255, 0, 255),
-    "white": (255, 255, 255),
-}
 
 
 def _block_frame(r=32, color=(255, 0, 0), rows=slice(4, 12), cols=slice(6, 14)):
