@@ -30,7 +30,9 @@ def read_video(path: str, fps: float | None = FPS, max_frames: int | None = None
     """Decodes `path` to RGB uint8 [T, H, W, 3], resampled to `fps` (None keeps every frame).
 
     Resampling picks, for each output time k / fps, the last decoded frame at or before it, so
-    a 24 fps source yields every third frame and a 4 fps source repeats frames.
+    a 24 fps source yields every third frame and a 4 fps source repeats frames. Times count
+    from the first frame's timestamp: a stream that starts later than 0 (an edited or cut
+    file) starts at its first frame, rather than repeating it until its start time.
     """
     import av
 
@@ -42,9 +44,11 @@ def read_video(path: str, fps: float | None = FPS, max_frames: int | None = None
             if not container.streams.video:
                 raise MediaError(f"{path} has no video stream")
             stream = container.streams.video[0]
-            next_t, last, last_t = 0.0, None, 0.0
+            next_t, last, last_t, start = 0.0, None, 0.0, None
             for frame in container.decode(stream):
-                t = float(frame.time) if frame.time is not None else last_t
+                t = float(frame.time) if frame.time is not None else last_t + (start or 0.0)
+                start = t if start is None else start
+                t -= start
                 rgb = frame.to_ndarray(format="rgb24")
                 if fps is None:
                     frames.append(rgb)

