@@ -74,16 +74,16 @@ def evaluate_real(workdir: str, data: str, output_dir: str, max_clips: int = 64,
     os.makedirs(output_dir, exist_ok=True)
     quiet = not sys.stderr.isatty()  # progress bars on a terminal only
     recon, _ = run_tokenizer(model, variables, real)
+    real_features = video_metrics.i3d_features(real)
     report: dict[str, Any] = {
         "workdir": os.path.abspath(workdir), "data": data, "stage": config.stage,
         "fvd_protocol": "I3D Kinetics-400 logits of whole clips, frames resized to 224x224 "
                         "(bilinear) in [-1, 1]; Frechet distance in float64",
-        "reconstruction": video_metrics.reconstruction_report(real, recon)}
+        "reconstruction": video_metrics.reconstruction_report(real, recon, real_features)}
     rows = [("real", real), ("reconstructed", recon)]
     if config.stage == "maskgit":
         decoder = StoryDecoder(workdir, batch_size=batch_size)
         stories = [Story(f"clip{i:04d}", [c], seed=i) for i, c in enumerate(captions)]
-        real_features = video_metrics.i3d_features(real)
         by_scale, generated = {}, None
         scales = [decoder.sampling.guidance_scale, 0.0]
         for scale in tqdm.tqdm(dict.fromkeys(scales), desc="guidance", disable=quiet):

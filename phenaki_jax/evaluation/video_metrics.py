@@ -72,14 +72,18 @@ def lpips_per_frame(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.asarray(_lpips()(flat(a), flat(b))).reshape(bt)
 
 
-def reconstruction_report(real: np.ndarray, fake: np.ndarray) -> dict[str, Any]:
+def reconstruction_report(real: np.ndarray, fake: np.ndarray,
+                          real_features: np.ndarray | None = None) -> dict[str, Any]:
     """PSNR, SSIM and LPIPS per clip (means over frames) and overall, and FVD, of uint8
-    clips [N, T, H, W, 3] against their reconstructions."""
+    clips [N, T, H, W, 3] against their reconstructions (`real_features`: the real clips'
+    I3D features, if the caller has them already)."""
+    if real_features is None:
+        real_features = i3d_features(real)
     psnr = np.asarray(metrics.psnr_per_clip(jnp.asarray(fake), jnp.asarray(real)))
     ssim = np.asarray(metrics.ssim_per_frame(jnp.asarray(fake), jnp.asarray(real)))
     lpips = lpips_per_frame(fake, real)
     return {"clips": int(real.shape[0]), "psnr": float(psnr.mean()),
             "ssim": float(ssim.mean()), "lpips": float(lpips.mean()),
-            "fvd": fvd(real, fake),
+            "fvd": fvd_from_features(real_features, i3d_features(fake)),
             "per_clip": {"psnr": psnr.tolist(), "ssim": ssim.mean(1).tolist(),
                          "lpips": lpips.mean(1).tolist()}}
