@@ -38,11 +38,16 @@ setup(
         "safetensors==0.8.0",
         "msgpack==1.2.4",
         "tensorstore==0.1.86",
+        "etils[epath]==1.15.0",
+        # gs:// for everything the project reads and writes, through etils.epath.
+        "gcsfs==2026.7.0",
         "tensorboardX==2.6.5",
         "tqdm==4.70.1",
     ],
     extras_require={"test": ["pytest==9.2.0", "pytest-xdist==3.8.0", "ruff==0.17.6",
-                             "import-linter==2.17"]},
+                             "import-linter==2.17",
+                             # A local GCS server for the gs:// tests.
+                             "gcp-storage-emulator==2026.7.19"]},
     entry_points={
         "console_scripts": [
             "phenaki-train=phenaki_jax.cli.train:run",

@@ -1,10 +1,11 @@
 """Orbax checkpoints that a preempted or killed run can always resume from.
 
-Layout: DIR/checkpoints/<step>/{state, meta}. `state` is the whole TrainState (parameters,
-optimizer states, EMA, quantizer statistics, discriminator); `meta` is JSON with the step, the
-data position and the full config, so the story decoder needs nothing but this directory.
-Orbax writes into a temporary directory and renames it when every host has finished, so a
-SIGKILL mid-save never leaves a step that looks complete. A complete step whose files were later
+Layout: DIR/checkpoints/<step>/{state, meta}, DIR local or gs:// (`storage`). `state` is the
+whole TrainState (parameters, optimizer states, EMA, quantizer statistics, discriminator);
+`meta` is JSON with the step, the data position and the full config, so the story decoder
+needs nothing but this directory. Orbax writes into a temporary directory and finalises it
+when every host has finished (a rename on disk, a commit marker on GCS), so a SIGKILL
+mid-save never leaves a step that looks complete. A complete step whose files were later
 truncated or corrupted fails to restore; `restore_latest` then warns and falls back to the
 previous step. Every host calls save (orbax coordinates them): saving only on host 0 deadlocks.
 """
@@ -12,7 +13,6 @@ previous step. Every host calls save (orbax coordinates them): saving only on ho
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
 import jax
@@ -23,13 +23,15 @@ import orbax.checkpoint as ocp
 from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec
 
+from phenaki_jax import storage
+
 
 class CheckpointError(RuntimeError):
     """No usable checkpoint where one was required."""
 
 
 def checkpoint_dir(workdir: str) -> str:
-    return os.path.join(os.path.abspath(workdir), "checkpoints")
+    return storage.join(storage.resolve(workdir), "checkpoints")
 
 
 def config_to_json(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -58,7 +60,7 @@ class Checkpointer:
     def __init__(self, workdir: str, keep: int = 3, read_only: bool = False,
                  async_save: bool = True) -> None:
         self.directory = checkpoint_dir(workdir)
-        if read_only and not os.path.isdir(self.directory):
+        if read_only and not storage.isdir(self.directory):
             raise CheckpointError(f"no checkpoints directory at {self.directory}")
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep, create=not read_only, read_only=read_only,

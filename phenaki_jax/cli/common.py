@@ -16,6 +16,7 @@ from absl import logging as absl_logging
 
 from phenaki_jax.config import ConfigError
 from phenaki_jax.config.parsing import load_config_file
+from phenaki_jax.storage import StorageError
 
 
 class UsageError(ValueError):
@@ -162,7 +163,7 @@ def run(program: str, main: Callable[[Sequence[str]], None],
     # TensorFlow (tf.data under seqio) is only our input pipeline: keep its C++ start-up noise
     # (CUDA probing, oneDNN notices) out of the user's terminal.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    handled = (UsageError, ConfigError, FileNotFoundError, *expected)
+    handled = (UsageError, ConfigError, FileNotFoundError, StorageError, *expected)
 
     def parse(argv: list[str]) -> list[str]:
         try:

@@ -85,7 +85,7 @@ def contact_sheet(originals: np.ndarray, recons: np.ndarray, path: str, rows: in
     """PNG grid: each clip's frames, original row above reconstruction row."""
     from PIL import Image
 
-    from phenaki_jax.data.media import atomic_path
+    from phenaki_jax.storage import atomic_path
 
     n = min(rows, originals.shape[0])
     pairs = np.concatenate([originals[:n], recons[:n]], axis=2)  # [n, T, 2H, W, 3]
@@ -180,7 +180,7 @@ def main(argv: Sequence[str]) -> None:
         raise UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     from absl import logging
 
-    from phenaki_jax.data import media
+    from phenaki_jax import storage
     from phenaki_jax.evaluation.adherence import EvalPlan, evaluate
     from phenaki_jax.inference.story import StoryDecoder
     from phenaki_jax.train import loop
@@ -211,7 +211,7 @@ def main(argv: Sequence[str]) -> None:
     report["evaluation"] = {**ev["summary"], "seconds": round(time.time() - t0, 1),
                             "seconds_per_prompt_round": ev["seconds_per_prompt_round"]}
     report["demo_wall_s"] = round(time.time() - start, 1)
-    with media.atomic_path(os.path.join(root, "report.json")) as tmp, open(tmp, "w") as f:
+    with storage.atomic_path(os.path.join(root, "report.json")) as tmp, open(tmp, "w") as f:
         json.dump(report, f, indent=2)
     tok, tr, st, e = report["tokenizer"], report["transformer"], report["story"], ev["summary"]
     sys.stdout.write(

@@ -102,8 +102,8 @@ def main(argv: Sequence[str]) -> None:
             f"--checkpoint {checkpoint} has no spiece.model: pass --vocabulary=PATH")
     prompts = read_prompts(_PROMPTS.value)
 
-    from phenaki_jax.data.media import atomic_path
     from phenaki_jax.models import t5
+    from phenaki_jax.storage import atomic_path
 
     tokenizer = t5.SentencePieceTokenizer(vocabulary)
     ids, mask, truncated = tokenizer.encode_batch(prompts, _MAX_LENGTH.value)

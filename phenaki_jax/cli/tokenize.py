@@ -30,15 +30,17 @@ def load_clips(path: str, resolution: int, max_frames: int) -> tuple[np.ndarray,
 
     The flag says the input was one clip [T, H, W, 3] (the outputs then drop the batch axis).
     """
+    from phenaki_jax import storage
     from phenaki_jax.data import media
     from phenaki_jax.data.features import FPS
 
     ext = os.path.splitext(path)[1].lower()
     if ext == ".npy":
-        if not os.path.isfile(path):
+        if not storage.isfile(path):
             raise UsageError(f"--input file not found: {path}")
         try:
-            arr = np.load(path, allow_pickle=False)
+            with storage.open_file(path) as f:
+                arr = np.load(f, allow_pickle=False)
         except (ValueError, OSError, EOFError) as e:
             raise UsageError(f"--input {path} is not a readable .npy file: {e}") from e
         if arr.dtype != np.uint8:

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 from absl import logging
 
+from phenaki_jax import storage
 from phenaki_jax.config import ConfigError
 from phenaki_jax.data import media
 from phenaki_jax.data.features import FPS
@@ -78,11 +79,10 @@ def skipped_reasons() -> dict[str, int]:
 
 def read_manifest(path: str) -> list[bytes]:
     """The manifest's lines as bytes (decoded per line, so one bad byte spoils one line)."""
-    if not os.path.isfile(path):
+    if not storage.isfile(path):
         raise ConfigError(f"manifest {path} does not exist")
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        data = storage.read_bytes(path)
     except OSError as e:
         raise ConfigError(f"cannot read manifest {path}: {e.strerror}") from e
     return [line.rstrip(b"\r") for line in data.split(b"\n")]
@@ -110,7 +110,7 @@ def _parse_line(raw: bytes, manifest_dir: str, num_frames: int) -> tuple[str, st
     relative = entry[kind]
     if not isinstance(relative, str) or not relative:
         raise BadExample("malformed_line", f"\"{kind}\" is not a path: {_excerpt(raw)}")
-    path = os.path.normpath(os.path.join(manifest_dir, relative))
+    path = storage.join_under(manifest_dir, relative)
     text = entry.get("text")
     if text is not None and not isinstance(text, str):
         raise BadExample("malformed_line", f"\"text\" is not a string: {_excerpt(raw)}", path)
@@ -128,7 +128,7 @@ def _parse_line(raw: bytes, manifest_dir: str, num_frames: int) -> tuple[str, st
 
 def _decode(kind: str, path: str, resolution: int, num_frames: int) -> np.ndarray:
     """The media file -> uint8 `[num_frames, R, R, 3]`."""
-    if not os.path.isfile(path):
+    if not storage.isfile(path):
         raise BadExample("missing_file", f"{kind} file not found: {path}", path)
     try:
         if kind == "image":
@@ -157,7 +157,7 @@ def load_example(manifest: str, lines: Sequence[bytes], line: int, resolution: i
       dict with `frames` uint8 `[num_frames, R, R, 3]`, `is_image` int32 `[]`, `text` bytes
       `[]`, `context_frames` int32 `[]`, or None.
     """
-    manifest = os.path.abspath(manifest)
+    manifest = storage.resolve(manifest)
     with LEDGER.lock:
         if (manifest, line) in LEDGER.bad:
             return None

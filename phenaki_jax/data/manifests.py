@@ -72,7 +72,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from collections.abc import Mapping, Sequence
 
@@ -80,6 +79,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from phenaki_jax import storage
 from phenaki_jax.config import ConfigError
 from phenaki_jax.data.features import FEATURES, output_features
 from phenaki_jax.data.manifest_lines import (
@@ -110,7 +110,7 @@ class ManifestSource(seqio.DataSource):
     """
 
     def __init__(self, manifests: Mapping[str, str], resolution: int, num_frames: int) -> None:
-        self.manifests = {s: os.path.abspath(p) for s, p in manifests.items()}
+        self.manifests = {s: storage.resolve(p) for s, p in manifests.items()}
         self.resolution = resolution
         self.num_frames = num_frames
         splits = [s for s in self.manifests if s != ALL_SPLITS]
@@ -283,7 +283,7 @@ def parse_manifest_spec(spec: str) -> dict[str, str]:
 
 def manifest_task_name(manifests: Mapping[str, str], resolution: int, num_frames: int) -> str:
     """A task name that is a pure function of the (absolute) manifest paths, R and F."""
-    canonical = json.dumps(sorted((s, os.path.abspath(p)) for s, p in manifests.items()))
+    canonical = json.dumps(sorted((s, storage.resolve(p)) for s, p in manifests.items()))
     digest = hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:12]
     return f"jsonl_{digest}_{resolution}px_{num_frames}f"
 

@@ -3,20 +3,19 @@
 Frames are always RGB uint8 [T, H, W, 3] (the peer PyTorch loader hands BGR to its model; we
 ask FFmpeg for rgb24 explicitly). Videos are resampled to a fixed frame rate by timestamp
 (Phenaki trains at 8 fps), images and frames are centre-cropped to a square and resized.
-Writers are atomic: they write a temporary file beside the target and rename it, so a killed
+Paths may be local or gs:// (`storage`). Writers are atomic (`storage.atomic_path`): a killed
 process never leaves a half-written file under the final name.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import numpy as np
 
+from phenaki_jax import storage
 from phenaki_jax.data.features import FPS
+from phenaki_jax.storage import atomic_path
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".gif", ".m4v")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -36,11 +35,11 @@ def read_video(path: str, fps: float | None = FPS, max_frames: int | None = None
     """
     import av
 
-    if not os.path.isfile(path):
+    if not storage.isfile(path):
         raise MediaError(f"video file not found: {path}")
     frames: list[np.ndarray] = []
     try:
-        with av.open(path) as container:
+        with storage.local_copy(path) as local, av.open(local) as container:
             if not container.streams.video:
                 raise MediaError(f"{path} has no video stream")
             stream = container.streams.video[0]
@@ -82,10 +81,10 @@ def read_image(path: str) -> np.ndarray:
     """Reads an image file as RGB uint8 [H, W, 3] (alpha dropped, greyscale expanded)."""
     from PIL import Image, UnidentifiedImageError
 
-    if not os.path.isfile(path):
+    if not storage.isfile(path):
         raise MediaError(f"image file not found: {path}")
     try:
-        with Image.open(path) as im:
+        with storage.open_file(path) as f, Image.open(f) as im:
             im.load()
             return np.asarray(im.convert("RGB"), dtype=np.uint8)
     except (UnidentifiedImageError, OSError, ValueError) as e:
@@ -106,22 +105,6 @@ def center_crop_resize(frames: np.ndarray, size: int) -> np.ndarray:
     method = Image.Resampling.BOX if s > size else Image.Resampling.BICUBIC
     out = np.stack([np.asarray(Image.fromarray(f).resize((size, size), method)) for f in flat])
     return out.reshape(*frames.shape[:-3], size, size, 3)
-
-
-@contextmanager
-def atomic_path(path: str) -> Iterator[str]:
-    """Yields a temporary path beside `path`; renames it onto `path` only on success."""
-    directory = os.path.dirname(os.path.abspath(path)) or "."
-    os.makedirs(directory, exist_ok=True)
-    suffix = os.path.splitext(path)[1]
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=directory)
-    os.close(fd)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def save_npy(path: str, array: np.ndarray) -> None:

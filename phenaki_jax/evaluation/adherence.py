@@ -24,12 +24,13 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from phenaki_jax import storage
 from phenaki_jax.data import shapes_world as sw
-from phenaki_jax.data.media import atomic_path
 from phenaki_jax.evaluation import judge
 from phenaki_jax.inference.story import CompileCounter, StoryDecoder
 from phenaki_jax.inference.story_io import Story, StoryError
 from phenaki_jax.metrics import psnr_per_clip
+from phenaki_jax.storage import atomic_path
 
 
 def prompt_sets(seed: int, clips: int, stories: int, story_length: int
@@ -166,10 +167,10 @@ def evaluate(decoder: StoryDecoder, output_dir: str, plan: EvalPlan = EvalPlan()
     `output_dir`; returns the report."""
     seed = plan.seed
     sets = prompt_sets(seed, plan.clips, plan.stories, plan.story_length)
-    image_dir = os.path.join(output_dir, "images")
-    os.makedirs(image_dir, exist_ok=True)
+    image_dir = storage.join(output_dir, "images")
+    storage.makedirs(image_dir)
     report: dict[str, Any] = {"settings": decoder.settings(), "seed": seed,
-                              "workdir": os.path.abspath(decoder.workdir)}
+                              "workdir": storage.resolve(decoder.workdir)}
     items_by_set = {name: [Story(f"{name}_{i:03d}", p, seed + i) for i, p in enumerate(lists)]
                     for name, lists in sets.items()}
     # The same stories told two ways: re-aimed when a prompt would push the object off the

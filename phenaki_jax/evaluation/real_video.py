@@ -19,14 +19,15 @@ import numpy as np
 import tqdm
 from PIL import Image
 
+from phenaki_jax import storage
 from phenaki_jax.config import ConfigError
 from phenaki_jax.data import pipeline
-from phenaki_jax.data.media import atomic_path
 from phenaki_jax.evaluation import video_metrics
 from phenaki_jax.inference.story import StoryDecoder
 from phenaki_jax.inference.story_io import Story
 from phenaki_jax.inference.tokenizer import run_tokenizer
 from phenaki_jax.stages import registry
+from phenaki_jax.storage import atomic_path
 
 
 def validation_clips(config: ml_collections.ConfigDict, data: str,
@@ -71,12 +72,12 @@ def evaluate_real(workdir: str, data: str, output_dir: str, max_clips: int = 64,
     else:
         model, variables = stage.tokenizer_model, state.aux["tokenizer"]
     real, captions = validation_clips(config, data, max_clips)
-    os.makedirs(output_dir, exist_ok=True)
+    storage.makedirs(output_dir)
     quiet = not sys.stderr.isatty()  # progress bars on a terminal only
     recon, _ = run_tokenizer(model, variables, real)
     real_features = video_metrics.i3d_features(real)
     report: dict[str, Any] = {
-        "workdir": os.path.abspath(workdir), "data": data, "stage": config.stage,
+        "workdir": storage.resolve(workdir), "data": data, "stage": config.stage,
         "fvd_protocol": "I3D Kinetics-400 logits of whole clips, frames resized to 224x224 "
                         "(bilinear) in [-1, 1]; Frechet distance in float64",
         "reconstruction": video_metrics.reconstruction_report(real, recon, real_features)}

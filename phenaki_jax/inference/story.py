@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -33,6 +32,7 @@ import numpy as np
 import tqdm
 from absl import logging
 
+from phenaki_jax import storage
 from phenaki_jax.config import ConfigError, validation
 from phenaki_jax.data import media
 from phenaki_jax.data.features import FPS
@@ -125,14 +125,14 @@ class StoryDecoder:
     # -- inputs ---------------------------------------------------------------------------
     def load_image(self, path: str) -> np.ndarray:
         """uint8 [R, R, 3]: centre-cropped and resized to the model's resolution."""
-        if not os.path.isfile(path):
+        if not storage.isfile(path):
             raise StoryError(f"image not found: {path}")
         return media.center_crop_resize(media.read_image(path), self.resolution)
 
     def load_video(self, path: str) -> np.ndarray:
         """uint8 [K, R, R, 3]: the last K (`cond_frames`) frames of a video, decoded at 8 fps,
         centre-cropped and resized as training data is."""
-        if not os.path.isfile(path):
+        if not storage.isfile(path):
             raise StoryError(f"video not found: {path}")
         frames = media.read_video(path, fps=FPS)
         if frames.shape[0] < self.cond_frames:
@@ -256,7 +256,7 @@ def _check_same_tokenizer(tokenizer_workdir: str, workdir: str,
     """The step of the tokenizer in `tokenizer_workdir`, which must be exactly the one frozen
     in the transformer of `workdir` (two tokenizers may share a codebook and differ
     elsewhere, so every parameter is compared)."""
-    if not os.path.isdir(tokenizer_workdir):
+    if not storage.isdir(tokenizer_workdir):
         raise StoryError(f"--tokenizer_workdir {tokenizer_workdir} does not exist")
     tconfig, tstage, tstate = registry.restore_for_inference(
         tokenizer_workdir, expected_stage="cvivit", name="--tokenizer_workdir")

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from phenaki_jax import storage
 from phenaki_jax.data import media
 from phenaki_jax.data.features import FPS
 
@@ -71,46 +72,44 @@ def check_story_id(story_id: str) -> str:
 
 
 def read_prompts(path: str) -> list[str]:
-    if not os.path.isfile(path):
+    if not storage.isfile(path):
         raise StoryError(f"--prompts_file not found: {path}")
-    with open(path, encoding="utf-8") as f:
-        prompts = [line.strip() for line in f if line.strip()]
+    prompts = [line.strip() for line in storage.read_text(path).splitlines() if line.strip()]
     if not prompts:
         raise StoryError(f"--prompts_file {path} holds no prompts (one per line)")
     return prompts
 
 
 def read_stories(path: str) -> list[Story]:
-    if not os.path.isfile(path):
+    if not storage.isfile(path):
         raise StoryError(f"--stories file not found: {path}")
     stories, seen = [], set()
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise StoryError(f"--stories {path} line {n} is not JSON: {e.msg}") from e
-            if not isinstance(row, dict) or "id" not in row or "prompts" not in row:
-                raise StoryError(f"--stories {path} line {n} needs \"id\" and \"prompts\"")
-            prompts = row["prompts"]
-            if (not isinstance(prompts, list) or not prompts
-                    or not all(isinstance(p, str) and p.strip() for p in prompts)):
-                raise StoryError(f"--stories {path} line {n}: \"prompts\" must be a non-empty "
-                                 "list of non-empty strings")
-            sid = check_story_id(row["id"])
-            if sid in seen:
-                raise StoryError(f"--stories {path} line {n}: story id {sid!r} is repeated")
-            seen.add(sid)
-            seed = row.get("seed", 0)
-            if not isinstance(seed, int) or isinstance(seed, bool):
-                raise StoryError(f"--stories {path} line {n}: \"seed\" must be an integer")
-            image = row.get("image")
-            if image is not None:
-                image = image if os.path.isabs(image) else os.path.join(
-                    os.path.dirname(os.path.abspath(path)), image)
-            stories.append(Story(sid, [p.strip() for p in prompts], seed, image))
+    for n, line in enumerate(storage.read_text(path).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise StoryError(f"--stories {path} line {n} is not JSON: {e.msg}") from e
+        if not isinstance(row, dict) or "id" not in row or "prompts" not in row:
+            raise StoryError(f"--stories {path} line {n} needs \"id\" and \"prompts\"")
+        prompts = row["prompts"]
+        if (not isinstance(prompts, list) or not prompts
+                or not all(isinstance(p, str) and p.strip() for p in prompts)):
+            raise StoryError(f"--stories {path} line {n}: \"prompts\" must be a non-empty "
+                             "list of non-empty strings")
+        sid = check_story_id(row["id"])
+        if sid in seen:
+            raise StoryError(f"--stories {path} line {n}: story id {sid!r} is repeated")
+        seen.add(sid)
+        seed = row.get("seed", 0)
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            raise StoryError(f"--stories {path} line {n}: \"seed\" must be an integer")
+        image = row.get("image")
+        if image is not None:
+            image = image if os.path.isabs(image) or storage.is_remote(image) else (
+                storage.join(os.path.dirname(storage.resolve(path)), image))
+        stories.append(Story(sid, [p.strip() for p in prompts], seed, image))
     if not stories:
         raise StoryError(f"--stories {path} holds no stories")
     return stories
@@ -130,7 +129,7 @@ def write_result(result: Result, video_path: str, settings: dict[str, Any]) -> d
     if result.ids:
         media.save_npy(stem + ".ids.npy", np.stack(result.ids).astype(np.int32))
     media.write_video(video_path, result.frames, fps=FPS)
-    with media.atomic_path(stem + ".json") as tmp, open(tmp, "w") as f:
+    with storage.atomic_path(stem + ".json") as tmp, open(tmp, "w") as f:
         json.dump(manifest, f, indent=2)
     return manifest
 
@@ -140,11 +139,10 @@ def read_kept(video_path: str, count: int, settings: dict[str, Any]) -> tuple[di
     which the model and settings of `settings` (a decoder's) must have written."""
     stem = os.path.splitext(video_path)[0]
     for path in (stem + ".json", stem + ".npy", stem + ".ids.npy"):
-        if not os.path.isfile(path):
+        if not storage.isfile(path):
             raise StoryError(f"--from_segment needs the earlier story's {path}; it does not "
                              "exist")
-    with open(stem + ".json", encoding="utf-8") as f:
-        manifest = json.load(f)
+    manifest = json.loads(storage.read_text(stem + ".json"))
     if manifest.get("model") != settings["model"]:
         raise StoryError(f"{stem}.json was written by another model (fingerprint "
                          f"{manifest.get('model')}), not the transformer in --workdir "
@@ -156,8 +154,10 @@ def read_kept(video_path: str, count: int, settings: dict[str, Any]) -> tuple[di
     if not 1 <= count <= len(segments):
         raise StoryError(f"--from_segment={count}: the story in {stem}.json has "
                          f"{len(segments)} segments; keep 1 to {len(segments)} of them")
-    frames = np.load(stem + ".npy", allow_pickle=False)
-    ids = np.load(stem + ".ids.npy", allow_pickle=False)
+    with storage.open_file(stem + ".npy") as f:
+        frames = np.load(f, allow_pickle=False)
+    with storage.open_file(stem + ".ids.npy") as f:
+        ids = np.load(f, allow_pickle=False)
     if frames.shape[0] != manifest["num_frames"] or ids.shape[0] != len(segments):
         raise StoryError(f"{stem}.npy or .ids.npy do not match {stem}.json")
     seeds = manifest.get("segment_seeds") or [manifest["seed"]] * len(segments)

@@ -6,13 +6,12 @@ checkpoints through here, never through the training loop.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import jax
 import ml_collections
 
-from phenaki_jax import sharding
+from phenaki_jax import sharding, storage
 from phenaki_jax.checkpoint import Checkpointer, CheckpointError
 from phenaki_jax.config import ConfigError
 from phenaki_jax.stages.base import Stage
@@ -25,7 +24,7 @@ def read_config(workdir: str, expected_stage: str | None = None,
                 name: str = "--workdir") -> tuple[int, ml_collections.ConfigDict]:
     """(step, config) stored with the newest readable checkpoint of `workdir`; `name` is how
     errors name the directory (a flag or a config field)."""
-    if not os.path.isdir(workdir):
+    if not storage.isdir(workdir):
         raise CheckpointError(f"{name}={workdir} does not exist: no checkpoint to read")
     step, config = Checkpointer(workdir, read_only=True).latest_config()
     if expected_stage and config.get("stage") != expected_stage:
@@ -46,7 +45,7 @@ def tokenizer_of(config: ml_collections.ConfigDict) -> tuple[int, ml_collections
     if not workdir:
         raise ConfigError("config.tokenizer_workdir is empty; set it to the workdir of a trained "
                           "C-ViViT (--config.tokenizer_workdir=DIR)")
-    if not os.path.isdir(workdir):
+    if not storage.isdir(workdir):
         raise ConfigError(f"config.tokenizer_workdir={workdir} does not exist")
     try:
         return read_config(workdir, "cvivit", "config.tokenizer_workdir")

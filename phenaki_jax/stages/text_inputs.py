@@ -20,6 +20,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from phenaki_jax import storage
 from phenaki_jax.config import ConfigError
 from phenaki_jax.models import t5
 
@@ -169,7 +170,7 @@ def _check_t5(t: ml_collections.ConfigDict) -> None:
                           "Face or T5X checkpoint directory")
     if not os.path.isdir(t.checkpoint):
         raise ConfigError(f"config.text.checkpoint={t.checkpoint} does not exist")
-    if t.cache and not os.path.isfile(t.cache):
+    if t.cache and not storage.isfile(t.cache):
         raise ConfigError(f"config.text.cache={t.cache} does not exist")
     if t.vocabulary and not os.path.isfile(t.vocabulary):
         raise ConfigError(f"config.text.vocabulary={t.vocabulary} does not exist")
@@ -202,7 +203,7 @@ def _t5_files(t: ml_collections.ConfigDict) -> tuple[t5.T5Config, str]:
 def _load_cache(t: ml_collections.ConfigDict) -> tuple[dict[str, int], np.ndarray, np.ndarray]:
     """A phenaki-embed .npz as (caption -> row, embeddings [N, L, D], mask [N, L]), cut or
     padded to `text.max_length`."""
-    with np.load(t.cache) as f:
+    with storage.open_file(t.cache) as raw, np.load(raw) as f:
         missing = [k for k in ("prompts", "embeddings", "mask") if k not in f]
         if missing:
             raise ConfigError(f"config.text.cache={t.cache} lacks {missing[0]!r}; write it "

@@ -10,7 +10,6 @@ TensorBoard scalars and images, and a progress line.
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Any
 
@@ -20,7 +19,7 @@ import numpy as np
 from absl import logging
 
 from phenaki_jax import checkpoint as ckpt_lib
-from phenaki_jax import sharding
+from phenaki_jax import sharding, storage
 from phenaki_jax.config import ConfigError
 from phenaki_jax.data import pipeline
 from phenaki_jax.stages import registry
@@ -73,7 +72,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if config.data.get("image_batch_size", 0):
         pipeline.get_provider(config.data.image_name, config.data.resolution,
                               config.data.num_frames)
-    os.makedirs(workdir, exist_ok=True)
+    storage.makedirs(workdir)  # an unreachable or missing bucket stops the run here
     mesh = sharding.make_mesh(config)
     checkpointer = ckpt_lib.Checkpointer(workdir, keep=config.keep_checkpoints)
     steps = checkpointer.steps()
@@ -101,8 +100,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             start = int(meta["batches_consumed"])
             logging.info("resumed from step %d in %s", int(state.step), workdir)
         if jax.process_index() == 0:
-            with open(os.path.join(workdir, "config.json"), "w") as f:
-                f.write(config.to_json_best_effort(indent=2))
+            storage.write_text(storage.join(workdir, "config.json"),
+                               config.to_json_best_effort(indent=2))
 
         train_step, batch_shardings = jit_train_step(stage, mesh, state_shardings)
         # Compiled once, not per evaluation; replicated so that every process can read it.
@@ -185,6 +184,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                     evaluate(step)
                 if step % config.checkpoint_every_steps == 0 and step < total:
                     save(step)
+                    writers.sync()
                 if preemption.should_stop(step) and step < total:
                     save(step, force=True)
                     checkpointer.wait()
