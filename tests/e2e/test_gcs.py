@@ -1,0 +1,221 @@
+"""gs:// workdirs for real, against a local GCS server (gcp-storage-emulator on 127.0.0.1):
+a run trains into a bucket, is stopped by SIGTERM, resumes exactly from it, and the commands
+read their models from it. The bucket is inspected with Google's own client library, not
+through the project's storage layer."""
+
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from conftest import ROOT, assert_one_line_error, run_cli, subprocess_env
+
+pytestmark = pytest.mark.slow
+
+BUCKET = "bucket"
+# A 40-step run that checkpoints every 10 steps: long enough to be stopped in the middle.
+RUN = ["--config=configs/cvivit.py:variant=tiny", "--config.total_steps=40",
+       "--config.batch_size=4", "--config.model.width=32", "--config.model.mlp_dim=64",
+       "--config.model.patch_size=8", "--config.log_every_steps=1",
+       "--config.checkpoint_every_steps=10", "--config.eval_batches=0",
+       "--config.warmup_steps=5", "--config.quantizer.restart_every_steps=7",
+       "--config.model.spatial_layers=1", "--config.model.temporal_layers=1"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _with_generation_headers():
+    """gcp-storage-emulator sends no `x-goog-generation` header with an object's bytes; real GCS
+    always does, and tensorstore (orbax's array store) refuses a read without it. The test's
+    server adds it from the object's own metadata; nothing else of the emulator changes."""
+    from gcp_storage_emulator import server
+    from gcp_storage_emulator.handlers import objects
+
+    original = getattr(objects.download, "__wrapped__", objects.download)
+
+    def download(request, response, storage, *args, **kwargs):
+        try:
+            obj = storage.get_file_obj(request.params["bucket_name"],
+                                       request.params["object_id"])
+            response["x-goog-generation"] = str(obj["generation"])
+            response["x-goog-metageneration"] = str(obj["metageneration"])
+        except Exception:  # noqa: BLE001 - a missing object is the handler's own 404
+            pass
+        return original(request, response, storage, *args, **kwargs)
+
+    download.__wrapped__ = original
+    objects.download = download  # objects.get (?alt=media) calls it by name
+    for _, handlers in server.HANDLERS:
+        for method, handler in handlers.items():
+            if handler is original:
+                handlers[method] = download
+    return server
+
+
+@pytest.fixture(scope="module")
+def gcs(tmp_path_factory):
+    """(environment pointing at the server, a google-cloud-storage bucket handle)."""
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage as gcs_client
+
+    server = _with_generation_headers()
+    port = _free_port()
+    emulator = server.create_server("127.0.0.1", port, default_bucket=BUCKET,
+                                    data_dir=str(tmp_path_factory.mktemp("gcs")))
+    emulator.start()
+    host = f"http://127.0.0.1:{port}"
+    os.environ["STORAGE_EMULATOR_HOST"] = host  # read by the client below
+    client = gcs_client.Client(project="test", credentials=AnonymousCredentials())
+    yield {"STORAGE_EMULATOR_HOST": host}, client.bucket(BUCKET)
+    del os.environ["STORAGE_EMULATOR_HOST"]
+    emulator.stop()
+
+
+def names(bucket, prefix: str) -> list[str]:
+    return sorted(b.name for b in bucket.list_blobs(prefix=prefix))
+
+
+def committed_steps(bucket, run: str) -> list[int]:
+    """Checkpoint steps whose orbax commit marker is in the bucket."""
+    steps = set()
+    for name in names(bucket, f"{run}/checkpoints/"):
+        parts = name.split("/")
+        if parts[2].isdigit() and parts[-1] == "commit_success.txt" and len(parts) == 4:
+            steps.add(int(parts[2]))
+    return sorted(steps)
+
+
+def losses_from(text: str) -> dict[int, float]:
+    out = {}
+    for line in text.splitlines():
+        row = json.loads(line)
+        if "loss" in row:
+            out[row["step"]] = row["loss"]
+    return out
+
+
+def train(workdir: str, env: dict) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "phenaki_jax.train", *RUN,
+                             f"--workdir={workdir}"], cwd=ROOT, env=subprocess_env(**env),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.fixture(scope="module")
+def bucket_run(gcs, tmp_path_factory):
+    """A run into gs://bucket/run stopped by SIGTERM and resumed, beside a local run that never
+    stopped: (losses of the local run, losses logged in the bucket, the step it stopped at)."""
+    env, bucket = gcs
+    local = str(tmp_path_factory.mktemp("local_run"))
+    reference = train(local, env)
+    proc = train(f"gs://{BUCKET}/run", env)
+    deadline = time.time() + 300
+    while not committed_steps(bucket, "run"):
+        if proc.poll() is not None:
+            raise AssertionError(f"training exited early: {proc.stderr.read()[-3000:]}")
+        assert time.time() < deadline, "no checkpoint reached the bucket"
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-3000:]
+    stopped = committed_steps(bucket, "run")[-1]
+    assert 10 <= stopped < 40
+    assert f"checkpoint of step {stopped} is durable" in err
+    resumed = train(f"gs://{BUCKET}/run", env)
+    _, err = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, err[-3000:]
+    assert f"resumed from step {stopped}" in err
+    _, err = reference.communicate(timeout=600)
+    assert reference.returncode == 0, err[-3000:]
+    with open(os.path.join(local, "metrics.jsonl")) as f:
+        expected = losses_from(f.read())
+    logged = losses_from(bucket.blob("run/metrics.jsonl").download_as_text())
+    return expected, logged, stopped
+
+
+def test_a_run_in_a_bucket_resumes_exactly_after_sigterm(bucket_run, gcs):
+    expected, logged, stopped = bucket_run
+    _, bucket = gcs
+    # Every step's metrics are in the bucket: the resumed run continued the stopped run's file.
+    assert sorted(logged) == list(range(1, 41))
+    for step in range(stopped + 1, 41):
+        np.testing.assert_allclose(logged[step], expected[step], rtol=1e-5)
+    files = names(bucket, "run/")
+    assert "run/config.json" in files
+    assert any(n.startswith("run/events.out.tfevents.") for n in files)  # TensorBoard
+    assert committed_steps(bucket, "run")[-1] == 40
+    assert not os.path.exists(os.path.join(ROOT, "gs:"))  # nothing went to a local "gs:" folder
+
+
+def test_tokenize_reads_the_model_and_writes_its_outputs_in_the_bucket(bucket_run, gcs,
+                                                                        tmp_path):
+    env, bucket = gcs
+    clip = np.random.default_rng(0).integers(0, 256, (1, 11, 32, 32, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    np.save(buf, clip)
+    bucket.blob("inputs/clip.npy").upload_from_string(buf.getvalue())
+    run_cli("tokenize", f"--workdir=gs://{BUCKET}/run", f"--input=gs://{BUCKET}/inputs/clip.npy",
+            f"--output=gs://{BUCKET}/out/recon.npy", f"--tokens=gs://{BUCKET}/out/tokens.npy",
+            env=env, check=True)
+    # The same checkpoint copied to disk by the client library gives the same outputs.
+    local = tmp_path / "run"
+    for name in names(bucket, "run/checkpoints/"):
+        target = local / name[len("run/"):]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        bucket.blob(name).download_to_filename(str(target))
+    np.save(tmp_path / "clip.npy", clip)
+    run_cli("tokenize", f"--workdir={local}", f"--input={tmp_path / 'clip.npy'}",
+            f"--output={tmp_path / 'recon.npy'}", f"--tokens={tmp_path / 'tokens.npy'}",
+            check=True)
+    for name in ("recon", "tokens"):
+        remote = np.load(io.BytesIO(bucket.blob(f"out/{name}.npy").download_as_bytes()))
+        np.testing.assert_array_equal(remote, np.load(tmp_path / f"{name}.npy"))
+
+
+def test_story_reads_the_transformer_from_the_bucket(micro_transformer_dir, gcs, tmp_path):
+    env, bucket = gcs
+    for root, _, files in os.walk(os.path.join(micro_transformer_dir, "checkpoints")):
+        for file in files:
+            path = os.path.join(root, file)
+            name = "transformer/" + os.path.relpath(path, micro_transformer_dir)
+            bucket.blob(name).upload_from_filename(path)
+    prompts = "a red square moves right\na blue circle moves down\n"
+    bucket.blob("inputs/prompts.txt").upload_from_string(prompts)
+    (tmp_path / "p.txt").write_text(prompts)
+    run_cli("story", f"--workdir=gs://{BUCKET}/transformer",
+            f"--prompts_file=gs://{BUCKET}/inputs/prompts.txt",
+            f"--output=gs://{BUCKET}/stories/s.mp4", "--seed=2", env=env, check=True)
+    run_cli("story", f"--workdir={micro_transformer_dir}", f"--prompts_file={tmp_path / 'p.txt'}",
+            f"--output={tmp_path / 's.mp4'}", "--seed=2", check=True)
+    assert names(bucket, "stories/") == ["stories/s.ids.npy", "stories/s.json", "stories/s.mp4",
+                                         "stories/s.npy"]
+    remote = np.load(io.BytesIO(bucket.blob("stories/s.npy").download_as_bytes()))
+    np.testing.assert_array_equal(remote, np.load(tmp_path / "s.npy"))
+
+
+def test_a_missing_bucket_is_one_line_and_nothing_is_written(gcs, tmp_path):
+    env, bucket = gcs
+    before = names(bucket, "")
+    proc = run_cli("train", *RUN, "--workdir=gs://no-such-bucket/run", env=env)
+    assert_one_line_error(proc, "bucket gs://no-such-bucket does not exist")
+    assert names(bucket, "") == before
+    assert not os.path.exists(os.path.join(ROOT, "gs:"))
+
+
+def test_an_unreachable_endpoint_fails_fast_with_one_line():
+    closed = _free_port()  # nothing listens there
+    start = time.time()
+    proc = run_cli("train", *RUN, "--workdir=gs://bucket/run",
+                   env={"STORAGE_EMULATOR_HOST": f"http://127.0.0.1:{closed}",
+                        "PHENAKI_STORAGE_TIMEOUT_S": "3"})
+    assert_one_line_error(proc, "cannot reach gs://bucket", f"127.0.0.1:{closed}")
+    assert time.time() - start < 60
