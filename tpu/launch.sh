@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Starts the same command on every host of a slice, after ending whatever still holds the
-# TPU; each host logs to ~/train.log and to WORKDIR/logs/worker-HOST.log.
+# TPU; each host logs to ~/train.log and to WORKDIR/logs/worker-HOST.log (on gs://: copied
+# there every minute and when the run ends).
 # Usage: tpu/launch.sh NAME ZONE [--dry-run] -- phenaki-train --multihost --workdir=DIR ...
 source "$(dirname "$0")/lib.sh"
 pos=()
@@ -22,8 +23,15 @@ for a in "$@"; do
 done
 [ -n "$workdir" ] || die "the command needs --workdir=DIR (every host writes its log there)"
 cmd=$(printf '%q ' "$@")
+log="$workdir/logs/worker-\$(hostname).log"
+if [[ $workdir == gs://* ]]; then
+  # A GCS object cannot be appended to: the log is copied up every minute and at the end.
+  up="gcloud storage cp ~/train.log $log > /dev/null 2>&1"
+  run=".venv/bin/${cmd% } > ~/train.log 2>&1 & p=\$!; \
+while kill -0 \$p 2>/dev/null; do sleep 60; $up; done; $up"
+else
+  run="mkdir -p $workdir/logs && .venv/bin/${cmd% } 2>&1 | tee ~/train.log > $log"
+fi
 ssh_all "$name" "$zone" "sudo pkill -9 -f phenaki-train || true; \
 sudo lsof -t /dev/accel* /dev/vfio/[0-9]* 2>/dev/null | xargs -r sudo kill -9; \
-mkdir -p $workdir/logs; cd ~/phenaki_jax; \
-nohup bash -c '.venv/bin/${cmd% } 2>&1 | tee ~/train.log > $workdir/logs/worker-\$(hostname).log' \
-> /dev/null 2>&1 &"
+cd ~/phenaki_jax; nohup bash -c '$run' > /dev/null 2>&1 &"

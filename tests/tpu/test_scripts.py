@@ -32,6 +32,8 @@ def _script(name, *args, env=None):
     ("create_v6e_reserved", "create.sh", ["phenaki-v6e", "us-east5-b", "v6e-64", "--reserved"]),
     ("setup", "setup.sh", ["phenaki-v4-32", "us-central2-b"]),
     ("launch", "launch.sh", ["phenaki-v4-32", "us-central2-b", "--", *TRAIN]),
+    ("launch_gcs", "launch.sh", ["phenaki-v4-32", "us-central2-b", "--", *TRAIN[:-1],
+                                 "--workdir=gs://phenaki-runs/tok"]),
     ("logs", "logs.sh", ["phenaki-v4-32", "us-central2-b", "--worker=all", "--lines=20"]),
     ("stop", "stop.sh", ["phenaki-v4-32", "us-central2-b"]),
     ("watch", "watch.sh", ["phenaki-v4-32", "us-central2-b", "v4-32", "--spot", "--", *TRAIN]),
