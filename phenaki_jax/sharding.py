@@ -9,7 +9,8 @@ alone.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -80,9 +81,17 @@ def tree_shardings(mesh: Mesh, abstract_tree: Any) -> Any:
     )
 
 
-def axis_rules():  # noqa: ANN201 - a context manager
-    """Context in which `nn.with_logical_constraint` inside models resolves to mesh axes."""
-    return nn.logical_axis_rules(LOGICAL_AXIS_RULES)
+@contextlib.contextmanager
+def active(mesh: Mesh) -> Iterator[None]:
+    """`mesh` and the logical-axis rules in force, so that `nn.with_logical_constraint`
+    inside the models pins activations onto the mesh. Flax reads the mesh that `jax.set_mesh`
+    sets; under the older `with mesh:` context alone every constraint is silently dropped,
+    and XLA is free to split activations by width and gather the whole batch on every device.
+    The abstract mesh, not `jax.set_mesh`: eager work inside (an initialiser's constants) must
+    still run on the host when the mesh is made of compile-only TPU devices."""
+    with nn.logical_axis_rules(LOGICAL_AXIS_RULES), \
+            jax.sharding.use_abstract_mesh(mesh.abstract_mesh), mesh:
+        yield
 
 
 def global_batch(mesh: Mesh, local: dict[str, np.ndarray]) -> dict[str, jax.Array]:

@@ -221,6 +221,7 @@ MODULE_ORDER = [
     "test_cli_tokenizer.py",  # 162 s
     "test_cli_transformer.py",  # 245 s, and the micro models
     "test_story.py",  # 100 s, and the micro models
+    "test_gcs.py",  # 110 s, and the micro transformer
     "test_plan.py",  # the TPU compiler
     "test_cvivit_losses.py",  # 85 s
     "test_cvivit.py",  # 76 s

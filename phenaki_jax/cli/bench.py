@@ -111,7 +111,7 @@ def benchmark(config: Any, steps: int = 5, abstract: bool = False,
         return out
 
     mesh = sharding.make_mesh(config)
-    with sharding.axis_rules(), mesh:
+    with sharding.active(mesh):
         init, _, state_shardings = create_state(stage.init, mesh, jax.random.key(0))
         state = init(jax.random.key(config.seed))
         step_fn, _ = jit_train_step(stage, mesh, state_shardings)

@@ -8,6 +8,7 @@ batch on `data` and the heads / MLP on `model`.
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any
 
 import flax.linen as nn
@@ -39,7 +40,13 @@ class LayerNorm(nn.Module):
             bias = self.param("bias",
                               nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
                               (x.shape[-1],), jnp.float32)
-        return _layer_norm(self.use_bias, x.astype(jnp.float32), scale, bias).astype(self.dtype)
+        # Under FSDP the scale and bias are split over `embed`; gathered here (they are tiny),
+        # so that XLA does not instead split the activations by width and gather the batch.
+        scale = nn.with_logical_constraint(scale, ("activation_embed",))
+        if bias is not None:
+            bias = nn.with_logical_constraint(bias, ("activation_embed",))
+        y = _layer_norm(self.use_bias, x.astype(jnp.float32), scale, bias).astype(self.dtype)
+        return nn.with_logical_constraint(y, _activation_axes(y.ndim)) if y.ndim in (3, 4) else y
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -95,6 +102,34 @@ def _attention_specs(ndim: int, axis: int) -> tuple[str, str, str]:
     return f"{q}hd,{k}hd->{logits}", f"{logits},{k}hd->{q}hd", logits
 
 
+class Projection(nn.Module):
+    """`nn.DenseGeneral` without a bias, its parameter layout and arithmetic unchanged: the
+    kernel [*contracted, *features] is initialised as the flat [prod(contracted),
+    prod(features)] matrix DenseGeneral would draw. DenseGeneral itself cannot carry 3-axis
+    logical names while a mesh is active: it unboxes the flat draw, which applies the 3-axis
+    sharding constraint to a 2-D array."""
+
+    features: tuple[int, ...]
+    axis: tuple[int, ...]
+    names: tuple[str, ...]
+    dtype: Dtype = jnp.float32
+    kernel_init: Any = _dense_init
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        axis = tuple(a % x.ndim for a in self.axis)
+        shape = tuple(x.shape[a] for a in axis) + self.features
+        flat = (math.prod(shape[:len(axis)]), math.prod(self.features))
+
+        def init(key: Array, shape: tuple[int, ...], dtype: Dtype = jnp.float32) -> Array:
+            return self.kernel_init(key, flat, dtype).reshape(shape)
+
+        kernel = self.param("kernel", nn.with_logical_partitioning(init, self.names), shape,
+                            jnp.float32)
+        x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+        return jax.lax.dot_general(x, kernel, ((axis, tuple(range(len(axis)))), ((), ())))
+
+
 class Attention(nn.Module):
     """Multi-head attention along `axis` of x [..., L, ..., D] (default: the axis before D).
 
@@ -120,17 +155,18 @@ class Attention(nn.Module):
         width = x.shape[-1]
         head_dim = width // self.num_heads
 
+        # Every projection's output is pinned to the batch sharding: left free, XLA may keep
+        # the FSDP-sharded `embed` dimension and gather the whole batch instead of the weights.
         def proj(name: str, inputs: Array) -> Array:
-            return nn.DenseGeneral(
-                (self.num_heads, head_dim), dtype=self.dtype, name=name, use_bias=False,
-                kernel_init=nn.with_logical_partitioning(_dense_init, ("embed", "heads", "kv")),
-            )(inputs)
+            out = Projection((self.num_heads, head_dim), (-1,), ("embed", "heads", "kv"),
+                              self.dtype, name=name)(inputs)
+            return nn.with_logical_constraint(
+                out, (*_activation_axes(inputs.ndim)[:-1], "heads", "kv"))
 
         def out_proj(heads: Array) -> Array:
-            return nn.DenseGeneral(
-                width, axis=(-2, -1), dtype=self.dtype, name="out", use_bias=False,
-                kernel_init=nn.with_logical_partitioning(_dense_init, ("heads", "kv", "embed")),
-            )(heads)
+            out = Projection((width,), (-2, -1), ("heads", "kv", "embed"), self.dtype,
+                              name="out")(heads)
+            return nn.with_logical_constraint(out, _activation_axes(out.ndim))
 
         q = proj("query", x) * (head_dim ** -0.5)
         k = proj("key", context)
@@ -164,10 +200,11 @@ class Mlp(nn.Module):
                      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("mlp",)))(x)
         h = nn.gelu(h)
         h = nn.with_logical_constraint(h, (*_activation_axes(h.ndim)[:-1], "mlp"))
-        return nn.Dense(width, dtype=self.dtype, name="wo",
-                        kernel_init=nn.with_logical_partitioning(_dense_init, ("mlp", "embed")),
-                        bias_init=nn.with_logical_partitioning(nn.initializers.zeros,
-                                                               ("embed",)))(h)
+        out = nn.Dense(width, dtype=self.dtype, name="wo",
+                       kernel_init=nn.with_logical_partitioning(_dense_init, ("mlp", "embed")),
+                       bias_init=nn.with_logical_partitioning(nn.initializers.zeros,
+                                                              ("embed",)))(h)
+        return nn.with_logical_constraint(out, _activation_axes(out.ndim))
 
 
 class Block(nn.Module):

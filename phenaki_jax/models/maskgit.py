@@ -97,4 +97,5 @@ class MaskGIT(nn.Module):
         x = layers.LayerNorm(self.dtype, name="final_norm")(x)
         logits = layers.dense(self.vocab_size, ("embed", "vocab"), jnp.float32, "to_logits")(
             x.astype(jnp.float32))
+        logits = nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
         return logits.reshape(b, t, h, w, self.vocab_size)

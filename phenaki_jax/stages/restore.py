@@ -64,7 +64,7 @@ def restore_state(workdir: str, stage: Stage, mesh: jax.sharding.Mesh | None = N
         config = ml_collections.ConfigDict(stage.config.to_dict())
         config.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "model": 1})
         mesh = sharding.make_mesh(config)
-    with sharding.axis_rules(), mesh:
+    with sharding.active(mesh):
         _, abstract, _ = create_state(stage.init, mesh, jax.random.key(0))
         restored = (checkpointer.restore_latest(abstract) if step is None
                     else checkpointer.restore(step, abstract))

@@ -145,9 +145,12 @@ def create_state(init: Any, mesh: jax.sharding.Mesh, rng: jax.Array  # noqa: ANN
     Nothing is ever materialised unsharded."""
     boxed = jax.eval_shape(init, rng)
     state_shardings = sharding.tree_shardings(mesh, boxed)
+    # Shapes only: no sharding constraint can apply to them (the mesh may be active).
+    plain = jax.tree.map(lambda x: x.unbox(apply_constraint=False)
+                         if isinstance(x, nn.Partitioned) else x, boxed,
+                         is_leaf=lambda x: isinstance(x, nn.Partitioned))
     abstract = jax.tree.map(
-        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-        nn.unbox(boxed), state_shardings)
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), plain, state_shardings)
 
     def init_fn(key: jax.Array) -> Any:  # noqa: ANN401
         return nn.unbox(init(key))

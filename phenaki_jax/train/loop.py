@@ -86,7 +86,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 f"{diff} differs from the checkpoint in {checkpointer.directory}; use a new "
                 "--workdir or the original value")
 
-    with sharding.axis_rules(), mesh:
+    with sharding.active(mesh):
         init, abstract, state_shardings = create_state(stage.init, mesh,
                                                        jax.random.key(config.seed))
         restored = checkpointer.restore_latest(abstract)

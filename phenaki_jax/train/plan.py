@@ -132,8 +132,9 @@ def plan(config: ml_collections.ConfigDict, topology: str, mfu: float = 0.4) -> 
         "params": count_params(params), "dtype": config.model.dtype,
         "remat": bool(config.model.get("remat", False)),
         "hbm_bytes": generation.hbm_bytes}
-    with sharding.axis_rules(), mesh:
-        _, abstract, state_shardings = create_state(stage.init, mesh, jax.random.key(0))
+    rng = jax.random.key(0)  # made on the host: the mesh's devices can compile, not run
+    with sharding.active(mesh):
+        _, abstract, state_shardings = create_state(stage.init, mesh, rng)
         step, batch_shardings = jit_train_step(stage, mesh, state_shardings)
         batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_shardings[k])
                  for k, v in stage.example_batch().items() if k in stage.batch_axes}

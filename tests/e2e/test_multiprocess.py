@@ -44,7 +44,7 @@ c, stage = registry.for_training(c)
 shards = [pipeline.host_batches(c, c.data.train_split, process_index=i, process_count=2)
           for i in range(2)]
 losses = []
-with sharding.axis_rules(), mesh:
+with sharding.active(mesh):
     init, abstract, shardings = create_state(stage.init, mesh, jax.random.key(c.seed))
     state = init(jax.random.key(c.seed))
     step, _ = loop.jit_train_step(stage, mesh, shardings)

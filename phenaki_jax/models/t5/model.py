@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from phenaki_jax.models.layers import dtype_of
+from phenaki_jax.models.layers import Projection, dtype_of
 from phenaki_jax.models.t5.errors import PAD_ID, TextEncoderError
 
 Array = jax.Array
@@ -246,10 +246,8 @@ class T5Attention(nn.Module):
     @nn.compact
     def __call__(self, x: Array, bias: Array, key_mask: Array) -> Array:
         def proj(name: str, init: Callable[..., Array]) -> Array:
-            return nn.DenseGeneral(
-                (self.num_heads, self.d_kv), use_bias=False, dtype=self.dtype,
-                param_dtype=jnp.float32, name=name,
-                kernel_init=nn.with_logical_partitioning(init, ("embed", "heads", "kv")))(x)
+            return Projection((self.num_heads, self.d_kv), (-1,), ("embed", "heads", "kv"),
+                              self.dtype, init, name=name)(x)
 
         q = proj("query", _query_init(self.d_kv))
         k = proj("key", _kernel_init)
@@ -260,10 +258,8 @@ class T5Attention(nn.Module):
         logits = jnp.where(key_mask[:, None, None, :], logits, jnp.finfo(jnp.float32).min)
         weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
         out = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
-        return nn.DenseGeneral(
-            x.shape[-1], axis=(-2, -1), use_bias=False, dtype=self.dtype,
-            param_dtype=jnp.float32, name="out",
-            kernel_init=nn.with_logical_partitioning(_kernel_init, ("heads", "kv", "embed")))(out)
+        return Projection((x.shape[-1],), (-2, -1), ("heads", "kv", "embed"), self.dtype,
+                          _kernel_init, name="out")(out)
 
 
 class T5Mlp(nn.Module):
