@@ -62,7 +62,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     for k in ("width", "num_layers", "num_heads", "mlp_dim"):
         c.model[k] = size[k]
     c.model.dtype = "float32" if tiny else "bfloat16"
-    c.model.remat = args.variant in ("base", "paper")
+    c.model.remat = "full" if args.variant in ("base", "paper") else "none"
+    # xla (any device), cudnn (GPU), splash (TPU; lengths that are multiples of 128). The
+    # paper variant's choices are those phenaki-plan shows fitting (docs/experiments/pods.md).
+    c.model.attention = "splash" if args.variant == "paper" else "xla"
+    # One scanned block instead of num_layers unrolled ones (another parameter layout): a
+    # fraction of the memory and compile time of 24 unrolled blocks.
+    c.model.scan_layers = args.variant == "paper"
 
     c.tokens = ml_collections.ConfigDict()
     c.tokens.grid = (0, 0, 0)  # [t, h, w]; 0s: the tokenizer's
@@ -76,6 +82,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.text.checkpoint = ""  # t5: a Hugging Face or T5X checkpoint directory
     c.text.vocabulary = ""  # t5: the sentencepiece model (needed for T5X)
     c.text.cache = ""  # t5: a phenaki-embed .npz that training looks captions up in
+    c.text.frozen_dtype = "bfloat16"  # t5: the frozen weights' dtype (not checkpointed)
     c.text.num_layers = 2  # trainable: T5 v1.1 layers
     c.text.num_heads = 4  # trainable: attention heads
     c.text.mlp_dim = 4 * size["text_dim"]  # trainable: MLP width

@@ -42,6 +42,7 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
     ("channels", None),
     ("text_length", None),
     ("text_embed", None),
+    ("layers", None),  # the stacked axis of scanned blocks
 )
 
 

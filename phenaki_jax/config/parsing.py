@@ -96,6 +96,8 @@ def apply_runlocal(config: ml_collections.ConfigDict) -> None:
     config.warmup_steps = 2
     config.log_every_steps = 1
     config.checkpoint_every_steps = 5
+    if "attention" in config.get("model", {}):
+        config.model.attention = "xla"  # a workstation has no TPU kernels
 
 
 def load_config_file(path: str, arg: str | None = None) -> ml_collections.ConfigDict:

@@ -197,9 +197,23 @@ def validate_cvivit_model(model: Config, resolution: int, num_frames: int) -> No
     _dtype(model)
 
 
-def _dtype(model: Config) -> None:
-    if model.dtype not in ("float32", "bfloat16"):
-        raise ConfigError(f"config.model.dtype must be float32 or bfloat16, got {model.dtype!r}")
+# What a rematerialised block keeps from its forward pass for the backward (jax's
+# checkpoint policies): `full` keeps only the block's input and recomputes everything,
+# `save_dots` keeps every matmul output, `save_dots_no_batch` those without a batch dimension
+# (the weight-like ones), `none` keeps everything (no remat).
+REMAT_POLICIES = ("none", "full", "save_dots", "save_dots_no_batch")
+# Attention kernels and the platforms they run on (`layers.fused_attention`).
+ATTENTION_IMPLEMENTATIONS = {"xla": None, "cudnn": "gpu", "splash": "tpu"}
+
+
+def _dtype(model: Config, section: str = "model") -> None:
+    if model.get("dtype", "float32") not in ("float32", "bfloat16"):
+        raise ConfigError(f"config.{section}.dtype must be float32 or bfloat16, got "
+                          f"{model.dtype!r}")
+    remat = model.get("remat", "none")
+    if not isinstance(remat, bool) and remat not in REMAT_POLICIES:
+        raise ConfigError(f"config.{section}.remat must be one of {', '.join(REMAT_POLICIES)}, "
+                          f"got {remat!r}")
 
 
 def _validate_cvivit(config: Config) -> None:
@@ -228,6 +242,7 @@ def _validate_cvivit(config: Config) -> None:
                 "config.data.resolution must be a power of two >= 8 when "
                 "config.loss.adversarial_weight > 0 (the discriminator halves it down to 4)")
         positive(config, "discriminator.channels", "discriminator.learning_rate")
+        _dtype(config.discriminator, "discriminator")
 
 
 def _validate_maskgit(config: Config) -> None:
@@ -246,6 +261,12 @@ def _validate_maskgit(config: Config) -> None:
         raise ConfigError(f"config.model.num_heads={m.num_heads} does not divide "
                           f"config.model.width={m.width}")
     _dtype(m)
+    if config.text.get("frozen_dtype", "float32") not in ("float32", "bfloat16"):
+        raise ConfigError(f"config.text.frozen_dtype must be float32 or bfloat16, got "
+                          f"{config.text.frozen_dtype!r}")
+    if m.get("attention", "xla") not in ATTENTION_IMPLEMENTATIONS:
+        raise ConfigError(f"config.model.attention must be one of "
+                          f"{', '.join(ATTENTION_IMPLEMENTATIONS)}, got {m.attention!r}")
     # 0s stand for the tokenizer's values (`with_tokens_of`).
     grid = tuple(config.tokens.grid)
     if len(grid) != 3 or any(not _is_int(g) or g < 0 for g in grid) or (

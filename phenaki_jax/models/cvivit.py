@@ -65,7 +65,7 @@ class CViViT(nn.Module):
     commitment_weight: float = 0.25
     usage_decay: float = 0.99
     encoder_window: int = -1
-    remat: bool = False
+    remat: str | bool = "none"
     dtype: Any = jnp.float32
 
     @classmethod

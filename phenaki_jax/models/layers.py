@@ -15,6 +15,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from phenaki_jax.config.validation import REMAT_POLICIES
+
 Dtype = Any
 Array = jax.Array
 
@@ -23,6 +25,27 @@ _dense_init = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal"
 
 def dtype_of(name: str) -> Dtype:
     return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[name]
+
+
+def remat_policy(name: str | bool) -> Any:  # noqa: ANN401 - a jax checkpoint policy or None
+    """The jax checkpoint policy of a `REMAT_POLICIES` name (True / False: full / none, as
+    configs before named policies said); None for `none`."""
+    name = {True: "full", False: "none"}.get(name, name) if isinstance(name, bool) else name
+    policies = {"none": None, "full": jax.checkpoint_policies.nothing_saveable,
+                "save_dots": jax.checkpoint_policies.dots_saveable,
+                "save_dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
+    if name not in policies:
+        raise ValueError(f"unknown remat policy {name!r}; one of {', '.join(REMAT_POLICIES)}")
+    return policies[name]
+
+
+def maybe_remat(module: type[nn.Module], policy: str | bool,
+                prevent_cse: bool = True) -> type[nn.Module]:
+    """`module` rematerialised under the named policy, or itself for `none` (`prevent_cse`
+    off inside `nn.scan`, which already keeps XLA from merging the recomputation away)."""
+    if policy in ("none", False):
+        return module
+    return nn.remat(module, policy=remat_policy(policy), prevent_cse=prevent_cse)
 
 
 class LayerNorm(nn.Module):
@@ -145,6 +168,7 @@ class Attention(nn.Module):
     axis: int = -2
     dtype: Dtype = jnp.float32
     self_only: bool = False
+    implementation: str = "xla"
 
     @nn.compact
     def __call__(self, x: Array, context: Array | None = None,
@@ -173,6 +197,9 @@ class Attention(nn.Module):
         v = proj("value", context)
         if self.self_only:  # q and k are dead code here; XLA drops their matmuls
             return out_proj(v)
+        fused = fused_attention(q, k, v, mask, self.implementation) if x.ndim == 3 else None
+        if fused is not None:
+            return out_proj(fused)
         logits_spec, out_spec, logits_axes = _attention_specs(
             x.ndim, self.axis if self.axis >= 0 else x.ndim + self.axis)
         logits = jnp.einsum(logits_spec, q, k).astype(jnp.float32)
@@ -186,6 +213,93 @@ class Attention(nn.Module):
                              1.0 / unnormalized.sum(-1))
         out = jnp.einsum(out_spec, unnormalized.astype(self.dtype), v)
         return out_proj(out * inv_sum[..., None].astype(self.dtype))
+
+
+def _key_padding(mask: Array | None, batch: int, kv_len: int) -> Array | None:
+    """A [B, 1, 1, Lk] key-padding mask as [B, Lk] bool; None for no mask. Fused kernels take
+    padding as per-key validity, never an [L, L] array; other masks stay on `xla`."""
+    if mask is None:
+        return None
+    if mask.ndim != 4 or mask.shape[1:3] != (1, 1) or mask.shape[-1] != kv_len:
+        raise ValueError(f"fused attention takes key-padding masks [B, 1, 1, Lk] only, got "
+                         f"{mask.shape}; use attention implementation 'xla'")
+    return jnp.broadcast_to(mask[:, 0, 0, :].astype(bool), (batch, kv_len))
+
+
+def fused_attention(q: Array, k: Array, v: Array, mask: Array | None,
+                    implementation: str) -> Array | None:
+    """softmax(q k^T) v for q [B, Lq, H, Dh], k, v [B, Lk, H, Dh] (q already scaled) by a fused
+    kernel that never holds the [B, H, Lq, Lk] logits, or None where `xla` (the einsum form
+    in `Attention`) applies: `cudnn` (GPU) is `jax.nn.dot_product_attention`; `splash`
+    (TPU, Pallas) takes self- and cross-attention whose lengths are multiples of 128 and
+    leaves shorter ones to `xla`."""
+    if implementation == "xla":
+        return None
+    valid = _key_padding(mask, q.shape[0], k.shape[1])
+    if implementation == "cudnn":
+        return dot_product_attention(q, k, v, valid, "cudnn")
+    if implementation == "splash":
+        if q.shape[1] % 128 or k.shape[1] % 128:
+            return None
+        return splash_attention(q, k, v, valid)
+    raise ValueError(f"unknown attention implementation {implementation!r}")
+
+
+def dot_product_attention(q: Array, k: Array, v: Array, valid: Array | None,
+                          implementation: str | None) -> Array:
+    """`jax.nn.dot_product_attention` on our layout ([B, L, H, Dh], q pre-scaled, keys
+    masked by `valid` [B, Lk])."""
+    mask = None if valid is None else valid[:, None, None, :]
+    return jax.nn.dot_product_attention(q, k, v, mask=mask, scale=1.0,
+                                        implementation=implementation)
+
+
+def splash_attention(q: Array, k: Array, v: Array, valid: Array | None) -> Array:
+    """Pallas splash attention, one kernel call per example and device: under a mesh it runs
+    in `shard_map` (batch over its logical sharding, heads over `model`), as Pallas kernels
+    are not partitioned by XLA. On devices other than TPUs it runs in Pallas' interpreter
+    (tests)."""
+    from jax.experimental.pallas.ops.tpu.splash_attention import (
+        splash_attention_kernel as kernels,
+    )
+    from jax.experimental.pallas.ops.tpu.splash_attention import (
+        splash_attention_mask as masks,
+    )
+
+    mesh = jax.sharding.get_abstract_mesh()
+    platform = (mesh.abstract_device.platform if not mesh.empty and mesh.abstract_device
+                else jax.default_backend())
+    if valid is None:
+        valid = jnp.ones(k.shape[:2], bool)
+
+    def local(q: Array, k: Array, v: Array, valid: Array) -> Array:
+        heads, lq, lk = q.shape[2], q.shape[1], k.shape[1]
+        kernel = kernels.make_splash_mha(
+            masks.MultiHeadMask([masks.FullMask((lq, lk))] * heads), head_shards=1,
+            q_seq_shards=1, interpret=platform != "tpu")
+        # Padding keys form a segment no query belongs to.
+        segments = kernels.SegmentIds(q=jnp.zeros(q.shape[:2], jnp.int32),
+                                      kv=jnp.where(valid, 0, 1).astype(jnp.int32))
+
+        def one(q: Array, k: Array, v: Array, s: kernels.SegmentIds) -> Array:
+            out = kernel(q.transpose(1, 0, 2), k.transpose(1, 0, 2), v.transpose(1, 0, 2),
+                         segment_ids=s)
+            return out.transpose(1, 0, 2)
+
+        return jax.vmap(one)(q, k, v, segments)
+
+    spec = nn.logical_to_mesh_axes(("batch", "length", "heads", "kv"))
+
+    def ways(axes: Any) -> int:  # noqa: ANN401 - a PartitionSpec entry
+        names = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+        return math.prod(mesh.shape[n] for n in names)
+
+    # Unsplittable shapes (an initialiser's one example) are computed whole.
+    if mesh.empty or q.shape[0] % ways(spec[0]) or q.shape[2] % ways(spec[2]):
+        return local(q, k, v, valid)
+    keys = jax.sharding.PartitionSpec(*spec[:2])
+    return jax.shard_map(local, mesh=mesh, in_specs=(spec, spec, spec, keys),
+                         out_specs=spec, check_vma=False)(q, k, v, valid)
 
 
 class Mlp(nn.Module):
@@ -216,6 +330,7 @@ class Block(nn.Module):
     axis: int = -2
     dtype: Dtype = jnp.float32
     self_only: bool = False
+    attention: str = "xla"
 
     @nn.compact
     def __call__(self, x: Array, mask: Array | None = None, context: Array | None = None,
@@ -224,14 +339,23 @@ class Block(nn.Module):
         x = nn.with_logical_constraint(x, names)
         h = LayerNorm(self.dtype, name="ln_attn")(x)
         x = x + Attention(self.num_heads, self.axis, self.dtype, self.self_only,
-                          name="attn")(h, mask=mask)
+                          self.attention, name="attn")(h, mask=mask)
         if self.cross_attention:
             h = LayerNorm(self.dtype, name="ln_cross")(x)
-            x = x + Attention(self.num_heads, dtype=self.dtype, name="cross")(
-                h, context=context, mask=context_mask)
+            x = x + Attention(self.num_heads, dtype=self.dtype, implementation=self.attention,
+                              name="cross")(h, context=context, mask=context_mask)
         h = LayerNorm(self.dtype, name="ln_mlp")(x)
         x = x + Mlp(self.mlp_dim, self.dtype, name="mlp")(h)
         return nn.with_logical_constraint(x, names)
+
+
+class _ScannedBlock(Block):
+    """A `Block` with the (carry, output) signature `nn.scan` loops over."""
+
+    def __call__(self, x: Array, mask: Array | None = None,  # type: ignore[override]
+                 context: Array | None = None, context_mask: Array | None = None
+                 ) -> tuple[Array, None]:
+        return super().__call__(x, mask, context, context_mask), None
 
 
 def _activation_axes(ndim: int) -> tuple[str, ...]:
@@ -244,26 +368,41 @@ def _activation_axes(ndim: int) -> tuple[str, ...]:
 
 
 class Transformer(nn.Module):
-    """A stack of `Block`s over [B, L, D]; `remat` trades compute for activation memory;
-    `self_only`: every token attends to itself alone (see `Attention`)."""
+    """A stack of `Block`s over [B, L, D]; `remat` (a `REMAT_POLICIES` name) trades compute
+    for activation memory; `self_only`: every token attends to itself alone (see
+    `Attention`)."""
 
     num_layers: int
     num_heads: int
     mlp_dim: int
     cross_attention: bool = False
-    remat: bool = False
+    remat: str | bool = "none"
     axis: int = -2
     dtype: Dtype = jnp.float32
     self_only: bool = False
+    attention: str = "xla"
+    scan: bool = False
 
     @nn.compact
     def __call__(self, x: Array, mask: Array | None = None, context: Array | None = None,
                  context_mask: Array | None = None) -> Array:
-        block = nn.remat(Block) if self.remat else Block
+        if self.scan:
+            # One block compiled once and looped: compile time stops growing with depth.
+            # Parameters gain a leading `layers` axis, under "blocks".
+            layer = nn.scan(maybe_remat(_ScannedBlock, self.remat, prevent_cse=False),
+                            variable_axes={"params": 0}, split_rngs={"params": True},
+                            in_axes=(nn.broadcast, nn.broadcast, nn.broadcast),
+                            length=self.num_layers,
+                            metadata_params={nn.PARTITION_NAME: "layers"})
+            x, _ = layer(self.num_heads, self.mlp_dim, self.cross_attention, self.axis,
+                         self.dtype, self.self_only, self.attention,
+                         name="blocks")(x, mask, context, context_mask)
+            return x
+        block = maybe_remat(Block, self.remat)
         for i in range(self.num_layers):
             x = block(self.num_heads, self.mlp_dim, self.cross_attention, self.axis,
-                      self.dtype, self.self_only, name=f"block_{i}")(x, mask, context,
-                                                                     context_mask)
+                      self.dtype, self.self_only, self.attention,
+                      name=f"block_{i}")(x, mask, context, context_mask)
         return x
 
 

@@ -33,8 +33,10 @@ class MaskGIT(nn.Module):
     num_heads: int
     mlp_dim: int
     text_dim: int
-    remat: bool = False
+    remat: str | bool = "none"
     dtype: Any = jnp.float32
+    attention: str = "xla"
+    scan_layers: bool = False
 
     @classmethod
     def from_config(cls, config: ml_collections.ConfigDict) -> MaskGIT:
@@ -42,7 +44,8 @@ class MaskGIT(nn.Module):
         return cls(vocab_size=config.tokens.vocab_size, grid=tuple(config.tokens.grid),
                    width=m.width, num_layers=m.num_layers, num_heads=m.num_heads,
                    mlp_dim=m.mlp_dim, text_dim=config.text.embed_dim, remat=m.remat,
-                   dtype=layers.dtype_of(m.dtype))
+                   dtype=layers.dtype_of(m.dtype), attention=m.get("attention", "xla"),
+                   scan_layers=bool(m.get("scan_layers", False)))
 
     @property
     def mask_id(self) -> int:
@@ -92,6 +95,7 @@ class MaskGIT(nn.Module):
         self_mask = None if valid is None else valid.astype(bool)[:, None, None, :]
         x = layers.Transformer(self.num_layers, self.num_heads, self.mlp_dim,
                                cross_attention=True, remat=self.remat, dtype=self.dtype,
+                               attention=self.attention, scan=self.scan_layers,
                                name="transformer")(x, mask=self_mask, context=context,
                                                    context_mask=context_mask[:, None, None, :])
         x = layers.LayerNorm(self.dtype, name="final_norm")(x)

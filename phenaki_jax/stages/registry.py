@@ -39,6 +39,10 @@ def for_training(config: Config, num_devices: int | None = None) -> tuple[Config
         validation.validate(config, num_devices)
         return config, CViViTStage(config)
     validation.validate(config, training=True)
+    platform = validation.ATTENTION_IMPLEMENTATIONS[config.model.get("attention", "xla")]
+    if platform and jax.default_backend() != platform:
+        raise ConfigError(f"config.model.attention={config.model.attention} runs on {platform} "
+                          f"devices, and this run's are {jax.default_backend()}; use xla")
     step, tokenizer = restore.tokenizer_of(config)
     config = validation.with_tokens_of(config, tokenizer)
     validation.validate(config, num_devices, tokenizer=tokenizer, training=True)
