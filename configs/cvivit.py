@@ -58,7 +58,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.encoder_window = 0 if args.variant == "tiny" else -1
     c.model.code_dim = 32
     c.model.dtype = "float32" if args.variant == "tiny" else "bfloat16"
-    c.model.remat = args.variant in ("base", "paper")
+    c.model.remat = "full" if args.variant in ("base", "paper") else "none"
 
     c.quantizer = ml_collections.ConfigDict()
     c.quantizer.commitment_weight = 0.25
@@ -83,6 +83,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.discriminator.channels = 64 if args.variant in ("tiny", "small") else 128
     c.discriminator.max_channels = 512
     c.discriminator.learning_rate = c.learning_rate
+    c.discriminator.dtype = c.model.dtype
+    c.discriminator.remat = c.model.remat
 
     if args.runlocal:
         parsing.apply_runlocal(c)

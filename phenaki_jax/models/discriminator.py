@@ -16,9 +16,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from phenaki_jax.models import layers
+
 Array = jax.Array
 
 _conv_init = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
+_AXES = ("batch", "time", "height", "width", "activation_embed")
 
 
 def _blur_downsample(x: Array) -> Array:
@@ -55,23 +58,28 @@ class _ResBlock(nn.Module):
 
 
 class Discriminator(nn.Module):
-    """Video [B, T, H, W, 3] in [-1, 1] -> logits [B]."""
+    """Video [B, T, H, W, 3] in [-1, 1] -> logits [B]. Its full-resolution activations are
+    the largest of a C-ViViT step (128 channels over 11 frames of 128 x 128): `dtype` bfloat16
+    halves them, `remat` (a `layers.REMAT_POLICIES` name) keeps only each block's input, and
+    every block's output is pinned to the batch sharding."""
 
     channels: int = 64
     max_channels: int = 512
     dtype: Any = jnp.float32
+    remat: str | bool = "none"
 
     @nn.compact
     def __call__(self, video: Array) -> Array:
         x = nn.Conv(self.channels, (3, 3, 3), padding="SAME", dtype=self.dtype, name="stem",
                     kernel_init=nn.with_logical_partitioning(
                         _conv_init, (None, None, None, "channels", "embed")))(video)
-        x = nn.leaky_relu(x, 0.2)
+        x = nn.with_logical_constraint(nn.leaky_relu(x, 0.2), _AXES)
         ch = self.channels
         i = 0
+        block = layers.maybe_remat(_ResBlock, self.remat)
         while x.shape[2] > 4:
             ch = min(ch * 2, self.max_channels)
-            x = _ResBlock(ch, self.dtype, name=f"block_{i}")(x)
+            x = nn.with_logical_constraint(block(ch, self.dtype, name=f"block_{i}")(x), _AXES)
             i += 1
         x = x.reshape(x.shape[0], -1).astype(jnp.float32)
         x = nn.leaky_relu(nn.Dense(ch, name="fc")(x), 0.2)

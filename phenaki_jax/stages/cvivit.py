@@ -18,7 +18,7 @@ import optax
 
 from phenaki_jax.metrics import psnr_per_clip
 from phenaki_jax.models import discriminator as disc_lib
-from phenaki_jax.models import quantizers
+from phenaki_jax.models import layers, quantizers
 from phenaki_jax.models.cvivit import CViViT, float_to_frames, frames_to_float, token_grid
 from phenaki_jax.models.perceptual import Perceptual
 from phenaki_jax.stages import state as state_lib
@@ -56,8 +56,10 @@ class CViViTStage(Stage):
         self.use_adv = config.loss.adversarial_weight > 0
         self.use_perceptual = config.loss.perceptual_weight > 0
         if self.use_adv:
-            self.disc = disc_lib.Discriminator(config.discriminator.channels,
-                                               config.discriminator.max_channels)
+            d = config.discriminator
+            self.disc = disc_lib.Discriminator(
+                d.channels, d.max_channels, layers.dtype_of(d.get("dtype", "float32")),
+                d.get("remat", "none"))
             self.disc_tx = state_lib.make_optimizer(config, config.discriminator.learning_rate)
         if self.use_perceptual:
             self.perceptual = Perceptual("alexnet")
