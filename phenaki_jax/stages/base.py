@@ -73,6 +73,23 @@ class Stage(abc.ABC):
         """JSON-able facts stored with every checkpoint beside the config."""
         return {}
 
+    def detached_aux(self) -> tuple[str, ...]:
+        """Keys of `state.aux` that checkpoints leave out: a frozen pretrained model, which
+        `attach` reloads from its own files (its origin and fingerprint are in the meta)."""
+        return ()
+
+    def savable(self, state: Any) -> Any:  # noqa: ANN401 - a TrainState or its abstract
+        """`state` without the detached parts: what a checkpoint stores and restores."""
+        keys = self.detached_aux()
+        if not keys:
+            return state
+        return state.replace(aux={k: v for k, v in state.aux.items() if k not in keys})
+
+    def attach(self, state: TrainState, meta: dict[str, Any],
+               state_shardings: Any) -> TrainState:  # noqa: ANN401
+        """A restored state completed with its detached parts, checked against `meta`."""
+        return state
+
     def inference_params(self, state: TrainState) -> Any:  # noqa: ANN401
         """The parameters inference uses: the EMA when the config keeps one."""
         return state.ema_params if self.config.ema_decay > 0 else state.params

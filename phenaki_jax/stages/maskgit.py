@@ -20,6 +20,7 @@ import ml_collections
 import numpy as np
 
 from phenaki_jax import decoding
+from phenaki_jax.checkpoint import CheckpointError
 from phenaki_jax.config import ConfigError
 from phenaki_jax.decoding import SamplingSettings
 from phenaki_jax.models.cvivit import CViViT, float_to_frames, frames_to_float
@@ -31,6 +32,7 @@ from phenaki_jax.stages.cvivit import CViViTStage
 from phenaki_jax.stages.losses import masked_cross_entropy, token_cross_entropy
 from phenaki_jax.stages.masking import context_token_frames, mask_tokens
 from phenaki_jax.stages.text_inputs import TextInputs
+from phenaki_jax.stages.text_inputs import fingerprint as text_fingerprint
 
 Array = jax.Array
 EVAL_SEED = 0x5EED
@@ -127,11 +129,36 @@ class MaskGITStage(Stage):
     def checkpoint_meta(self) -> dict[str, Any]:
         """The frozen tokenizer's config and origin, stored with every checkpoint, so that
         inference needs this run's workdir alone."""
-        if self.tokenizer_config is None:
-            return {}
-        workdir, step = self.tokenizer_checkpoint or ("", -1)
-        return {"tokenizer": {"config": json.loads(self.tokenizer_config.to_json_best_effort()),
-                              "workdir": workdir, "step": step}}
+        meta: dict[str, Any] = {}
+        if self.tokenizer_config is not None:
+            workdir, step = self.tokenizer_checkpoint or ("", -1)
+            meta["tokenizer"] = {
+                "config": json.loads(self.tokenizer_config.to_json_best_effort()),
+                "workdir": workdir, "step": step}
+        if self.text.frozen:
+            checkpoint = self.config.text.checkpoint
+            meta["text_encoder"] = {"checkpoint": checkpoint,
+                                    "fingerprint": text_fingerprint(checkpoint)}
+        return meta
+
+    def detached_aux(self) -> tuple[str, ...]:
+        return ("text",) if self.text.frozen else ()
+
+    def attach(self, state: state_lib.TrainState, meta: dict[str, Any],
+               state_shardings: Any) -> state_lib.TrainState:  # noqa: ANN401
+        """Reloads the frozen T5 from `config.text.checkpoint`, which must be the one the
+        checkpoint was trained with."""
+        if not self.text.frozen:
+            return state
+        checkpoint = self.config.text.checkpoint
+        stored = meta.get("text_encoder", {}).get("fingerprint")
+        if stored and stored != text_fingerprint(checkpoint):
+            raise CheckpointError(
+                f"config.text.checkpoint={checkpoint} is not the T5 this checkpoint was trained "
+                f"with (fingerprint {stored}, this one {text_fingerprint(checkpoint)})")
+        aux = dict(state.aux)
+        aux["text"] = jax.device_put(self.text.load_frozen(), state_shardings.aux["text"])
+        return state.replace(aux=aux)
 
     def prepare_new_state(self, state: state_lib.TrainState, mesh: Any,
                           state_shardings: Any) -> state_lib.TrainState:  # noqa: ANN401

@@ -65,9 +65,10 @@ def restore_state(workdir: str, stage: Stage, mesh: jax.sharding.Mesh | None = N
         config.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "model": 1})
         mesh = sharding.make_mesh(config)
     with sharding.active(mesh):
-        _, abstract, _ = create_state(stage.init, mesh, jax.random.key(0))
+        _, abstract, shardings = create_state(stage.init, mesh, jax.random.key(0))
+        abstract = stage.savable(abstract)
         restored = (checkpointer.restore_latest(abstract) if step is None
                     else checkpointer.restore(step, abstract))
-    if restored is None:
-        raise CheckpointError(f"no complete checkpoint in {workdir}")
-    return restored[0]
+        if restored is None:
+            raise CheckpointError(f"no complete checkpoint in {workdir}")
+        return stage.attach(*restored, shardings)

@@ -3,13 +3,16 @@
 Three sources:
   * `trainable`: a small T5 encoder over UTF-8 bytes, trained with the transformer (its
     parameters are in `state.params["text"]`);
-  * `frozen`: a pretrained T5 (Hugging Face or T5X checkpoint), frozen in `state.aux["text"]`;
+  * `frozen`: a pretrained T5 (Hugging Face or T5X checkpoint), frozen in `state.aux["text"]`
+    in `text.frozen_dtype` (bfloat16 halves a T5-XXL's 19 GB); checkpoints leave it out and
+    store where it came from and its `fingerprint`;
   * `embeddings`: given in the batch, from a phenaki-embed cache looked up by caption
     (training) or random (phenaki-bench).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from typing import Any
@@ -144,11 +147,23 @@ class TextInputs:
         ids = jnp.ones((1, self.text.max_length), jnp.int32)
         mask = jnp.ones((1, self.text.max_length), jnp.int32)
         params = self.model.init(rng, ids, mask)["params"]
-        return ({"text": params}, {}) if self.source == "trainable" else ({}, {"text": params})
+        if self.source == "trainable":
+            return {"text": params}, {}
+        dtype = jnp.dtype(self.frozen_dtype)
+        return {}, {"text": jax.tree.map(lambda x: x.astype(dtype), params)}
+
+    @property
+    def frozen(self) -> bool:
+        """A pretrained T5 rides frozen in the state's aux (alone, or beside a cache)."""
+        return self.model is not None and self.source != "trainable"
+
+    @property
+    def frozen_dtype(self) -> str:
+        return self.text.get("frozen_dtype", "float32")
 
     def load_frozen(self) -> Any:  # noqa: ANN401
-        """The pretrained T5's parameters (for `aux["text"]` of a new run)."""
-        return t5.load_t5(self.text.checkpoint)[1]
+        """The pretrained T5's parameters (for `aux["text"]`), in `text.frozen_dtype`."""
+        return t5.load_t5(self.text.checkpoint, self.frozen_dtype)[1]
 
     def encode(self, params: Any, aux: Any, batch: dict[str, Array]  # noqa: ANN401
                ) -> tuple[Array, Array]:
@@ -161,6 +176,24 @@ class TextInputs:
             text_params = jax.lax.stop_gradient(aux["text"])
         emb = self.model.apply({"params": text_params}, batch["text_ids"], batch["text_mask"])
         return emb, batch["text_mask"]
+
+
+def fingerprint(directory: str) -> str:
+    """A T5 checkpoint directory's identity: sha256 over every file's path and size and its
+    first and last MiB. Cheap on a 19 GB T5-XXL, and another checkpoint (another size, another
+    download, a re-saved file) differs."""
+    h = hashlib.sha256()
+    for root, _, files in sorted(os.walk(directory)):
+        for name in sorted(files):
+            path = os.path.join(root, name)
+            size = os.path.getsize(path)
+            h.update(f"{os.path.relpath(path, directory)}\0{size}\0".encode())
+            with open(path, "rb") as f:
+                h.update(f.read(1 << 20))
+                if size > 2 << 20:
+                    f.seek(-(1 << 20), os.SEEK_END)
+                    h.update(f.read())
+    return h.hexdigest()[:16]
 
 
 def _check_t5(t: ml_collections.ConfigDict) -> None:

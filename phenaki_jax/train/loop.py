@@ -89,7 +89,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     with sharding.active(mesh):
         init, abstract, state_shardings = create_state(stage.init, mesh,
                                                        jax.random.key(config.seed))
-        restored = checkpointer.restore_latest(abstract)
+        restored = checkpointer.restore_latest(stage.savable(abstract))
         if restored is None:
             state = init(jax.random.key(config.seed))
             state = stage.prepare_new_state(state, mesh, state_shardings)  # frozen parts
@@ -97,6 +97,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             logging.info("initialised a new %s run in %s", config.stage, workdir)
         else:
             state, meta = restored
+            state = stage.attach(state, meta, state_shardings)  # a frozen T5, from its files
             start = int(meta["batches_consumed"])
             logging.info("resumed from step %d in %s", int(state.step), workdir)
         if jax.process_index() == 0:
@@ -118,7 +119,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         def save(step: int, force: bool = False) -> None:
             meta = {"step": step, "batches_consumed": step, "stage": config.stage,
                     "config": ckpt_lib.config_to_json(config), **stage.checkpoint_meta()}
-            checkpointer.save(step, state, meta, force=force)
+            checkpointer.save(step, stage.savable(state), meta, force=force)
 
         def evaluate(step: int) -> dict[str, float]:
             sums: dict[str, np.ndarray] = {}

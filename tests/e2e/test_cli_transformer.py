@@ -7,6 +7,7 @@ import os
 import shutil
 
 import numpy as np
+import pytest
 from conftest import MICRO_TRANSFORMER, assert_one_line_error, load_config, run_cli
 
 
@@ -151,6 +152,7 @@ def test_frozen_t5_in_the_step_equals_its_phenaki_embed_cache(micro_tokenizer_di
     in the transformer's checkpoint."""
     from t5_reference import random_params, tiny_config, to_hf, train_spiece, write_hf
 
+    from phenaki_jax.checkpoint import CheckpointError
     from phenaki_jax.data import shapes_world as sw
     from phenaki_jax.inference.story import StoryDecoder
     from phenaki_jax.inference.story_io import Story
@@ -172,7 +174,7 @@ def test_frozen_t5_in_the_step_equals_its_phenaki_embed_cache(micro_tokenizer_di
               "--config.checkpoint_every_steps=3", "--config.eval_batches=0",
               f"--config.tokenizer_workdir={micro_tokenizer_dir}", "--config.text.encoder=t5",
               f"--config.text.checkpoint={hf}", "--config.text.embed_dim=32",
-              "--config.text.max_length=16"]
+              "--config.text.max_length=16", "--config.text.frozen_dtype=float32"]
     run_cli("train", *common, f"--workdir={tmp_path}/frozen", check=True)
     run_cli("train", *common, f"--workdir={tmp_path}/cached", f"--config.text.cache={cache}",
             check=True)
@@ -188,6 +190,15 @@ def test_frozen_t5_in_the_step_equals_its_phenaki_embed_cache(micro_tokenizer_di
                                   loaded["encoder_norm"]["scale"])
     result = decoder.generate([Story("t5", ["a red square moves up", "a red square moves left"])])
     assert result[0].frames.shape == (17, 32, 32, 3)
+    # The checkpoint stores where the T5 came from, not its weights ...
+    meta = json.loads(open(f"{tmp_path}/cached/checkpoints/3/meta/metadata").read())
+    assert meta["text_encoder"]["checkpoint"] == hf
+    saved = open(f"{tmp_path}/cached/checkpoints/3/state/_METADATA").read()
+    assert "encoder_norm" not in saved and "'tokenizer'" in saved
+    # ... and refuses another T5 put in its place.
+    write_hf(hf, to_hf(random_params(tiny_config(), seed=8), tiny_config()))
+    with pytest.raises(CheckpointError, match="is not the T5 this checkpoint was trained with"):
+        StoryDecoder(f"{tmp_path}/cached", batch_size=1)
     # A wrong width is refused before anything compiles.
     proc = run_cli("train", *common, f"--workdir={tmp_path}/bad", "--config.text.embed_dim=48")
     assert_one_line_error(proc, "config.text.embed_dim=48", "config.json")
