@@ -21,7 +21,7 @@ import numpy as np
 from jax.experimental import topologies
 
 from phenaki_jax import sharding
-from phenaki_jax.config import ConfigError
+from phenaki_jax.config import ConfigError, parsing
 from phenaki_jax.config.validation import mesh_shape
 from phenaki_jax.stages import registry
 from phenaki_jax.stages.state import create_state
@@ -130,7 +130,8 @@ def plan(config: ml_collections.ConfigDict, topology: str, mfu: float = 0.4) -> 
         "variant": config.variant, "global_batch": config.batch_size,
         "per_device_batch": config.batch_size / (sizes["data"] * sizes["fsdp"]),
         "params": count_params(params), "dtype": config.model.dtype,
-        "remat": bool(config.model.get("remat", False)),
+        "remat": str(config.model.get("remat", "none")),
+        "attention": str(config.model.get("attention", "xla")),
         "hbm_bytes": generation.hbm_bytes}
     rng = jax.random.key(0)  # made on the host: the mesh's devices can compile, not run
     with sharding.active(mesh):
@@ -163,8 +164,66 @@ def plan(config: ml_collections.ConfigDict, topology: str, mfu: float = 0.4) -> 
         "headroom": round(1 - total / generation.hbm_bytes, 4),
         # The compiler's counts are per device; the step's are over every chip.
         "flops_per_step": float(cost.get("flops", 0.0)) * chips,
-        "compiler_optimal_s": float(cost.get("optimal_seconds", 0.0)),
+        # The compiler's own estimate, when it gives a usable one (compile-only devices
+        # report a negative placeholder).
+        "compiler_optimal_s": (float(cost["optimal_seconds"])
+                               if cost.get("optimal_seconds", -1) > 0 else None),
         "model_flops_per_step": flops, "mfu_assumed": mfu,
         "peak_bf16_flops_per_chip": generation.peak_bf16_flops,
         "step_s_estimate": flops / (chips * generation.peak_bf16_flops * mfu)})
     return out
+
+
+# The plans `phenaki-plan --matrix=NAME` compiles: (stage, variant, topology, overrides).
+# `paper`: the paper stages at the paper's batch with their defaults and the levers around
+# them; `tiny`: two small compiles for CI.
+_SMALL = {"model.width": 32, "model.mlp_dim": 64}
+MATRICES: dict[str, list[tuple[str, str, str, dict[str, Any]]]] = {
+    "paper": [
+        ("cvivit", "paper", "v4-32", {}),
+        ("cvivit", "paper", "v4-32", {"discriminator.remat": "none"}),
+        ("cvivit", "paper", "v4-32", {"discriminator.dtype": "float32"}),
+        ("maskgit", "paper", "v4-64", {}),
+        ("maskgit", "paper", "v4-64", {"model.attention": "xla"}),
+        ("maskgit", "paper", "v4-64", {"model.remat": "save_dots"}),
+        ("maskgit", "paper", "v4-64", {"mesh.fsdp": 16, "mesh.model": 2}),
+        ("maskgit", "paper", "v5litepod-256", {}),
+        ("maskgit", "paper", "v4-32", {}),
+    ],
+    "tiny": [
+        ("cvivit", "tiny", "v4-8", {**_SMALL, "model.spatial_layers": 1,
+                                     "model.temporal_layers": 1}),
+        ("maskgit", "tiny", "v5litepod-8", {**_SMALL, "model.num_layers": 1,
+                                            "model.scan_layers": True}),
+    ],
+}
+
+
+def matrix_config(stage: str, variant: str, overrides: dict[str, Any]
+                  ) -> ml_collections.ConfigDict:
+    config = parsing.variant_config(stage, variant)
+    for key, value in overrides.items():
+        *parents, leaf = key.split(".")
+        node = config
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return config
+
+
+def matrix_table(rows: list[dict[str, Any]]) -> str:
+    """The plans as a Markdown table (GiB per chip against HBM, compile and step time)."""
+    lines = ["| stage | pod | mesh (data x fsdp x model) | per chip | remat | attention | "
+             "changed | GiB per chip / HBM | fits (headroom) | compile s | step s (est.) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        mesh = "x".join(str(r["mesh"][a]) for a in ("data", "fsdp", "model"))
+        hbm = r["hbm_bytes"] / GIB
+        used = f"{r['total_gib']:.1f} / {hbm:.0f}" if "total_gib" in r else f"OOM / {hbm:.0f}"
+        fits = f"yes ({r['headroom']:.0%})" if r.get("fits") else "no"
+        step = f"{r['step_s_estimate']:.2f}" if "step_s_estimate" in r else ""
+        changed = ", ".join(f"{k}={v}" for k, v in r["overrides"].items()) or "defaults"
+        lines.append(f"| {r['stage']} {r['variant']} | {r['topology']} | {mesh} | "
+                     f"{r['per_device_batch']:g} | {r['remat']} | {r.get('attention', '')} | "
+                     f"{changed} | {used} | {fits} | {r['compile_s']:.0f} | {step} |")
+    return "\n".join(lines) + "\n"

@@ -81,3 +81,17 @@ def test_bad_inputs_get_one_line():
     ]
     for extra, needle in cases:
         assert_one_line_error(run_cli("plan", *SMALL_TOKENIZER, *extra), needle)
+
+
+def test_the_tiny_matrix_compiles_every_row_and_writes_the_table(tmp_path):
+    proc = run_cli("plan", "--matrix=tiny", f"--table={tmp_path / 'plan.md'}", timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line) for line in proc.stdout.strip().splitlines()]
+    assert [(r["stage"], r["topology"]) for r in rows] == [("cvivit", "v4-8"),
+                                                           ("maskgit", "v5litepod-8")]
+    assert all(r["platform"] == "tpu" and r["fits"] for r in rows)
+    assert rows[1]["overrides"]["model.scan_layers"] is True  # scanned layers compile for TPU
+    table = (tmp_path / "plan.md").read_text().splitlines()
+    assert len(table) == 2 + len(rows)
+    assert table[2].startswith("| cvivit tiny | v4-8 | 1x4x1 | 2 |")
+    assert_one_line_error(run_cli("plan", "--matrix=huge"), "--matrix=huge is not a plan set")
