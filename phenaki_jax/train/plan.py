@@ -182,13 +182,12 @@ MATRICES: dict[str, list[tuple[str, str, str, dict[str, Any]]]] = {
     "paper": [
         ("cvivit", "paper", "v4-32", {}),
         ("cvivit", "paper", "v4-32", {"discriminator.remat": "none"}),
-        ("cvivit", "paper", "v4-32", {"discriminator.dtype": "float32"}),
         ("maskgit", "paper", "v4-64", {}),
-        ("maskgit", "paper", "v4-64", {"model.attention": "xla"}),
         ("maskgit", "paper", "v4-64", {"model.remat": "save_dots"}),
+        ("maskgit", "paper", "v4-64", {"model.attention": "xla"}),
+        ("maskgit", "paper", "v4-64", {"model.scan_layers": False}),
         ("maskgit", "paper", "v4-64", {"mesh.fsdp": 16, "mesh.model": 2}),
         ("maskgit", "paper", "v5litepod-256", {}),
-        ("maskgit", "paper", "v4-32", {}),
     ],
     "tiny": [
         ("cvivit", "tiny", "v4-8", {**_SMALL, "model.spatial_layers": 1,
