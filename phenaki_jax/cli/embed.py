@@ -8,7 +8,9 @@ E.npz holds `ids` int32 [N, L] (sentencepiece pieces, then EOS = 1, padded with 
 prompts are cut to L - 1 pieces, with a warning), `mask` int32 [N, L], `embeddings` float32
 [N, L, D] (the encoder's last hidden state after its final layer norm; rows where mask is 0 are
 not meaningful) and `prompts` (the N prompt strings, so a training run can look embeddings up
-by caption).
+by caption). `--output=DIR --shards=S` writes a sharded cache instead (`cache.json` and S
+shards of that layout, keyed by caption; see `data/embedding_cache.py`), one shard's
+embeddings in memory at a time; `config.text.cache` takes either.
 """
 
 from __future__ import annotations
@@ -33,7 +35,9 @@ _CHECKPOINT = flags.DEFINE_string("checkpoint", None,
 _VOCABULARY = flags.DEFINE_string("vocabulary", None,
                                   "sentencepiece model (default: DIR/spiece.model).")
 _PROMPTS = flags.DEFINE_string("prompts_file", None, "Text file, one prompt per line.")
-_OUTPUT = flags.DEFINE_string("output", None, "Output .npz path.")
+_OUTPUT = flags.DEFINE_string("output", None, "Output .npz path, or a directory with --shards.")
+_SHARDS = flags.DEFINE_integer("shards", 0, "Write a sharded cache of this many shards into "
+                               "--output (a directory); 0: one .npz.")
 _MAX_LENGTH = flags.DEFINE_integer("max_length", 64, "Tokens per prompt, EOS included.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "Prompts per encoder call.")
 
@@ -85,8 +89,14 @@ def main(argv: Sequence[str]) -> None:
                        ("--output", _OUTPUT)):
         if not flag.value:
             raise UsageError(f"{name} is required")
-    if not _OUTPUT.value.endswith(".npz"):
-        raise UsageError(f"--output must be a .npz path, got {_OUTPUT.value}")
+    if _SHARDS.value < 0:
+        raise UsageError(f"--shards must be >= 0, got {_SHARDS.value}")
+    if _SHARDS.value and _OUTPUT.value.endswith(".npz"):
+        raise UsageError(f"--shards={_SHARDS.value} writes a directory; --output names a file "
+                         f"({_OUTPUT.value})")
+    if not _SHARDS.value and not _OUTPUT.value.endswith(".npz"):
+        raise UsageError(f"--output must be a .npz path (or a directory with --shards), got "
+                         f"{_OUTPUT.value}")
     if _MAX_LENGTH.value < 2:
         raise UsageError(f"--max_length must be >= 2 (a piece and EOS), got "
                              f"{_MAX_LENGTH.value}")
@@ -102,8 +112,8 @@ def main(argv: Sequence[str]) -> None:
             f"--checkpoint {checkpoint} has no spiece.model: pass --vocabulary=PATH")
     prompts = read_prompts(_PROMPTS.value)
 
+    from phenaki_jax.data import embedding_cache as cache
     from phenaki_jax.models import t5
-    from phenaki_jax.storage import atomic_path
 
     tokenizer = t5.SentencePieceTokenizer(vocabulary)
     ids, mask, truncated = tokenizer.encode_batch(prompts, _MAX_LENGTH.value)
@@ -117,11 +127,28 @@ def main(argv: Sequence[str]) -> None:
         raise t5.TextEncoderError(
             f"--vocabulary {vocabulary} yields id {int(ids.max())} but the checkpoint's "
             f"embedding has {config.vocab_size} rows: wrong vocabulary for {checkpoint}?")
-    embeddings = encode_prompts(config, params, ids, mask, _BATCH_SIZE.value)
-    with atomic_path(_OUTPUT.value) as tmp, open(tmp, "wb") as f:
-        np.savez(f, ids=ids, mask=mask, embeddings=embeddings, prompts=np.array(prompts, np.str_))
-    sys.stderr.write(f"phenaki-embed: {len(prompts)} prompts -> embeddings {embeddings.shape}; "
-                     f"wrote {_OUTPUT.value}\n")
+    if not _SHARDS.value:
+        embeddings = encode_prompts(config, params, ids, mask, _BATCH_SIZE.value)
+        cache.write_npz(_OUTPUT.value, prompts, ids, mask, embeddings)
+        sys.stderr.write(f"phenaki-embed: {len(prompts)} prompts -> embeddings "
+                         f"{embeddings.shape}; wrote {_OUTPUT.value}\n")
+        return
+    shards = _SHARDS.value
+    first: dict[str, int] = {}
+    for i, prompt in enumerate(prompts):
+        first.setdefault(prompt, i)  # a repeated prompt is stored once
+    members: list[list[str]] = [[] for _ in range(shards)]
+    for prompt in first:
+        members[cache.shard_of(prompt, shards)].append(prompt)
+    for k, names in enumerate(members):
+        rows = [first[p] for p in names]
+        emb = (encode_prompts(config, params, ids[rows], mask[rows], _BATCH_SIZE.value)
+               if rows else np.zeros((0, ids.shape[1], config.d_model), np.float32))
+        cache.write_npz(os.path.join(_OUTPUT.value, cache.shard_name(k)), names, ids[rows],
+                        mask[rows], emb)
+    cache.write_index(_OUTPUT.value, shards, len(first), _MAX_LENGTH.value, config.d_model)
+    sys.stderr.write(f"phenaki-embed: {len(first)} prompts -> {shards} shards of embeddings "
+                     f"(width {config.d_model}); wrote {_OUTPUT.value}\n")
 
 
 def run() -> None:

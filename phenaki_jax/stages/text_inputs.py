@@ -25,6 +25,7 @@ from absl import logging
 
 from phenaki_jax import storage
 from phenaki_jax.config import ConfigError
+from phenaki_jax.data.embedding_cache import CacheMiss, EmbeddingCache
 from phenaki_jax.models import t5
 
 Array = jax.Array
@@ -35,7 +36,7 @@ class TextInputs:
     """The text side of a transformer config, for one source (see the module docstring)."""
 
     def __init__(self, config: ml_collections.ConfigDict, source: str,
-                 cache: tuple[dict[str, int], np.ndarray, np.ndarray] | None = None,
+                 cache: EmbeddingCache | None = None,
                  keep_t5: bool = False) -> None:
         """`keep_t5`: with `embeddings` from a cache, the T5 that wrote them is still kept
         frozen in the state, so that inference can encode new prompts."""
@@ -65,7 +66,9 @@ class TextInputs:
             return cls(config, "trainable")
         _check_t5(config.text)
         if config.text.cache:
-            return cls(config, "embeddings", _load_cache(config.text), keep_t5=True)
+            t = config.text
+            return cls(config, "embeddings", EmbeddingCache(t.cache, t.max_length, t.embed_dim),
+                       keep_t5=True)
         return cls(config, "frozen")
 
     @classmethod
@@ -100,15 +103,13 @@ class TextInputs:
         if self.source == "embeddings":
             if self.cache is None:
                 raise ValueError("random embeddings have no captions (phenaki-bench)")
-            index, emb, mask = self.cache
-            rows = []
-            for t in texts:
-                if t not in index:
-                    raise ConfigError(
-                        f"text {t!r} is not in config.text.cache={self.text.cache}; "
-                        "embed every caption of the data set with phenaki-embed")
-                rows.append(index[t])
-            return {"text_embeddings": emb[rows], "text_mask": mask[rows]}
+            try:
+                emb, mask = self.cache.lookup(texts)
+            except CacheMiss as e:
+                raise ConfigError(
+                    f"text {e.args[0]!r} is not in config.text.cache={self.text.cache}; "
+                    "embed every caption of the data set with phenaki-embed") from None
+            return {"text_embeddings": emb, "text_mask": mask}
         ids, mask, truncated = self.tokenize(texts)
         if truncated:
             logging.warning("%d text(s) longer than config.text.max_length=%d were truncated, "
@@ -203,7 +204,7 @@ def _check_t5(t: ml_collections.ConfigDict) -> None:
                           "Face or T5X checkpoint directory")
     if not os.path.isdir(t.checkpoint):
         raise ConfigError(f"config.text.checkpoint={t.checkpoint} does not exist")
-    if t.cache and not storage.isfile(t.cache):
+    if t.cache and not storage.exists(t.cache):
         raise ConfigError(f"config.text.cache={t.cache} does not exist")
     if t.vocabulary and not os.path.isfile(t.vocabulary):
         raise ConfigError(f"config.text.vocabulary={t.vocabulary} does not exist")
@@ -231,24 +232,3 @@ def _t5_files(t: ml_collections.ConfigDict) -> tuple[t5.T5Config, str]:
     else:  # a T5X checkpoint carries no config: its sizes come from the arrays
         cfg, _ = t5.load_t5(t.checkpoint)
     return cfg, t.vocabulary or os.path.join(t.checkpoint, "spiece.model")
-
-
-def _load_cache(t: ml_collections.ConfigDict) -> tuple[dict[str, int], np.ndarray, np.ndarray]:
-    """A phenaki-embed .npz as (caption -> row, embeddings [N, L, D], mask [N, L]), cut or
-    padded to `text.max_length`."""
-    with storage.open_file(t.cache) as raw, np.load(raw) as f:
-        missing = [k for k in ("prompts", "embeddings", "mask") if k not in f]
-        if missing:
-            raise ConfigError(f"config.text.cache={t.cache} lacks {missing[0]!r}; write it "
-                              "with phenaki-embed")
-        prompts = [str(p) for p in f["prompts"]]
-        emb, mask = f["embeddings"].astype(np.float32), f["mask"].astype(np.int32)
-    if emb.shape[-1] != t.embed_dim:
-        raise ConfigError(f"config.text.cache={t.cache} holds embeddings of width "
-                          f"{emb.shape[-1]}, but config.text.embed_dim={t.embed_dim}")
-    length = t.max_length
-    if emb.shape[1] < length:
-        pad = length - emb.shape[1]
-        emb = np.pad(emb, ((0, 0), (0, pad), (0, 0)))
-        mask = np.pad(mask, ((0, 0), (0, pad)))
-    return {p: i for i, p in enumerate(prompts)}, emb[:, :length], mask[:, :length]

@@ -360,3 +360,44 @@ def test_embed_cli_errors(tmp_path, hf_dir):
                    f"--prompts_file={empty}", f"--output={out}")
     assert_one_line_error(proc, "no_such_dir")
     assert not os.path.exists(out)
+
+
+def test_a_sharded_cache_holds_the_same_embeddings_and_opens_shards_lazily(tmp_path, hf_dir):
+    from phenaki_jax.data.embedding_cache import CacheMiss, EmbeddingCache, shard_of
+
+    directory, _, tensors = hf_dir
+    prompts = [f"{c} {s} moves" for c in ("red", "blue", "green") for s in ("cat", "dog")]
+    prompts_file = tmp_path / "prompts.txt"
+    prompts_file.write_text("\n".join(prompts + prompts[:2]) + "\n")  # two repeated
+    out = tmp_path / "cache"
+    proc = run_cli("embed", "--encoder=t5", f"--checkpoint={directory}",
+                   f"--prompts_file={prompts_file}", f"--output={out}", "--max_length=8",
+                   "--shards=3")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(os.listdir(out)) == ["cache.json", "shard-00000.npz", "shard-00001.npz",
+                                       "shard-00002.npz"]
+    for k in range(3):  # every caption lives in the shard its hash names, once
+        with np.load(out / f"shard-{k:05d}.npz") as npz:
+            assert all(shard_of(str(p), 3) == k for p in npz["prompts"])
+    cache = EmbeddingCache(str(out), max_length=8, embed_dim=D, max_open=1)
+    assert cache.open_shards == 0
+    emb, mask = cache.lookup(prompts)
+    assert cache.open_shards == 1  # the least recently used shards were let go
+    ids = np.stack([np.asarray(sp_ids) for sp_ids in _ids_of(directory, prompts, 8)])
+    expected = ref_encoder(tensors, 2, H, True, ids, mask)
+    assert_close_at_real(emb, expected, mask)
+    with pytest.raises(CacheMiss):
+        cache.lookup(["a caption nobody embedded"])
+    proc = run_cli("embed", "--encoder=t5", f"--checkpoint={directory}",
+                   f"--prompts_file={prompts_file}", f"--output={tmp_path / 'x.npz'}",
+                   "--shards=2")
+    assert_one_line_error(proc, "--shards=2 writes a directory")
+
+
+def _ids_of(directory, prompts, length):
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor(model_file=os.path.join(directory, "spiece.model"))
+    for p in prompts:
+        pieces = sp.encode(p)[:length - 1] + [1]
+        yield pieces + [0] * (length - len(pieces))
