@@ -76,8 +76,6 @@ import re
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-import seqio
-import tensorflow as tf
 
 from phenaki_jax import storage
 from phenaki_jax.config import ConfigError
@@ -89,6 +87,7 @@ from phenaki_jax.data.manifest_lines import (
     require_good_line,
 )
 from phenaki_jax.data.python_gate import PYTHON_GATE
+from phenaki_jax.data.tf_quiet import seqio, tf
 
 SPEC_PREFIX = "jsonl:"
 ALL_SPLITS = "*"

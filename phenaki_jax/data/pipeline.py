@@ -18,12 +18,11 @@ from collections.abc import Iterator
 import jax
 import ml_collections
 import numpy as np
-import seqio
-import tensorflow as tf
 
 from phenaki_jax.config import ConfigError
 from phenaki_jax.data import manifest_lines, manifests, tasks
 from phenaki_jax.data import shapes_world as sw
+from phenaki_jax.data.tf_quiet import seqio, tf
 
 # Bad examples (distinct manifest lines) skipped so far in this process, in all and by reason
 # (`manifest_lines.REASONS`); 0 without any file-backed data set. The count only grows, and

@@ -38,12 +38,11 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-import seqio
-import tensorflow as tf
 
 from phenaki_jax.data import shapes_world as sw
 from phenaki_jax.data.features import output_features
 from phenaki_jax.data.python_gate import PYTHON_GATE
+from phenaki_jax.data.tf_quiet import seqio, tf
 
 RESOLUTIONS: tuple[int, ...] = (32, 64, 128)
 # Mixture rates of the default tasks, per the spec and the design.
