@@ -210,6 +210,53 @@ def local_copy(p: str) -> Iterator[str]:
         os.remove(tmp)
 
 
+def _cache_path(p: str, cache_root: str | None) -> str:
+    root = cache_root or os.path.join(os.path.expanduser("~"), ".cache", "phenaki_jax",
+                                      "remote")
+    scheme, rest = p.split("://", 1)
+    return os.path.join(root, scheme, rest.rstrip("/"))
+
+
+def _fetch(remote: epath.Path, local: str) -> None:
+    """Copies `remote` to `local` unless a file of its size is there already."""
+    if os.path.isfile(local) and os.path.getsize(local) == remote.stat().length:
+        return
+    os.makedirs(os.path.dirname(local), exist_ok=True)
+    with atomic_path(local) as tmp:
+        remote.copy(epath.Path(tmp), overwrite=True)
+
+
+def local_file(p: str, cache_root: str | None = None) -> str:
+    """A local path with `p`'s bytes: `p` itself when local; a remote file is copied once under
+    `cache_root` (default ~/.cache/phenaki_jax/remote) and kept, for readers that need a file
+    name (sentencepiece, safetensors)."""
+    if not is_remote(p):
+        return p
+    if not isfile(p):
+        raise StorageError(f"{p} is not a file")
+    local = _cache_path(p, cache_root)
+    _fetch(path(p), local)
+    return local
+
+
+def local_dir(p: str, cache_root: str | None = None) -> str:
+    """`local_file` for a directory: every file under it, fetched once."""
+    if not is_remote(p):
+        return p
+    source = path(p)
+    if not source.is_dir():
+        raise StorageError(f"{p} is not a directory")
+    target = _cache_path(p, cache_root)
+    pending = [source]
+    while pending:  # one listing per directory (epath refuses recursive globs on GCS)
+        for child in sorted(pending.pop().iterdir()):
+            if child.is_dir():
+                pending.append(child)
+            else:
+                _fetch(child, os.path.join(target, os.path.relpath(str(child), str(source))))
+    return target
+
+
 class Mirror:
     """A local directory whose files are copied to `target` by `sync()`: `target` itself when
     it is local (sync does nothing), a temporary directory when it is remote. Files named in

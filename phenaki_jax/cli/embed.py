@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from absl import flags, logging
 
+from phenaki_jax import storage
 from phenaki_jax.cli.common import UsageError
 from phenaki_jax.cli.common import run as run_command
 
@@ -44,11 +45,10 @@ _BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "Prompts per encoder call."
 
 def read_prompts(path: str) -> list[str]:
     """One prompt per line, stripped; blank lines skipped. UsageError if none or unreadable."""
-    if not os.path.isfile(path):
+    if not storage.isfile(path):
         raise UsageError(f"--prompts_file not found: {path}")
     try:
-        with open(path, encoding="utf-8") as f:
-            prompts = [line.strip() for line in f]
+        prompts = [line.strip() for line in storage.read_text(path).splitlines()]
     except (OSError, UnicodeDecodeError) as e:
         raise UsageError(f"--prompts_file {path} is not readable UTF-8 text: {e}") from e
     prompts = [p for p in prompts if p]
@@ -103,13 +103,15 @@ def main(argv: Sequence[str]) -> None:
     if _BATCH_SIZE.value < 1:
         raise UsageError(f"--batch_size must be >= 1, got {_BATCH_SIZE.value}")
     checkpoint = _CHECKPOINT.value
-    if not os.path.isdir(checkpoint):
+    if not storage.isdir(checkpoint):
         raise UsageError(f"--checkpoint directory not found: {checkpoint}")
+    checkpoint = storage.local_dir(checkpoint)  # a gs:// checkpoint is fetched once
     vocabulary = _VOCABULARY.value or os.path.join(checkpoint, "spiece.model")
-    if not os.path.isfile(vocabulary):
+    if not storage.isfile(vocabulary):
         raise UsageError(
             f"--vocabulary not found: {vocabulary}" if _VOCABULARY.value else
             f"--checkpoint {checkpoint} has no spiece.model: pass --vocabulary=PATH")
+    vocabulary = storage.local_file(vocabulary)
     prompts = read_prompts(_PROMPTS.value)
 
     from phenaki_jax.data import embedding_cache as cache
@@ -144,7 +146,7 @@ def main(argv: Sequence[str]) -> None:
         rows = [first[p] for p in names]
         emb = (encode_prompts(config, params, ids[rows], mask[rows], _BATCH_SIZE.value)
                if rows else np.zeros((0, ids.shape[1], config.d_model), np.float32))
-        cache.write_npz(os.path.join(_OUTPUT.value, cache.shard_name(k)), names, ids[rows],
+        cache.write_npz(storage.join(_OUTPUT.value, cache.shard_name(k)), names, ids[rows],
                         mask[rows], emb)
     cache.write_index(_OUTPUT.value, shards, len(first), _MAX_LENGTH.value, config.d_model)
     sys.stderr.write(f"phenaki-embed: {len(first)} prompts -> {shards} shards of embeddings "

@@ -31,7 +31,7 @@ from phenaki_jax.stages.base import Stage
 from phenaki_jax.stages.cvivit import CViViTStage
 from phenaki_jax.stages.losses import masked_cross_entropy, token_cross_entropy
 from phenaki_jax.stages.masking import context_token_frames, mask_tokens
-from phenaki_jax.stages.text_inputs import TextInputs
+from phenaki_jax.stages.text_inputs import TextInputs, t5_directory
 from phenaki_jax.stages.text_inputs import fingerprint as text_fingerprint
 
 Array = jax.Array
@@ -138,7 +138,7 @@ class MaskGITStage(Stage):
         if self.text.frozen:
             checkpoint = self.config.text.checkpoint
             meta["text_encoder"] = {"checkpoint": checkpoint,
-                                    "fingerprint": text_fingerprint(checkpoint)}
+                                    "fingerprint": text_fingerprint(t5_directory(self.config.text))}
         return meta
 
     def detached_aux(self) -> tuple[str, ...]:
@@ -152,10 +152,11 @@ class MaskGITStage(Stage):
             return state
         checkpoint = self.config.text.checkpoint
         stored = meta.get("text_encoder", {}).get("fingerprint")
-        if stored and stored != text_fingerprint(checkpoint):
+        current = text_fingerprint(t5_directory(self.config.text))
+        if stored and stored != current:
             raise CheckpointError(
                 f"config.text.checkpoint={checkpoint} is not the T5 this checkpoint was trained "
-                f"with (fingerprint {stored}, this one {text_fingerprint(checkpoint)})")
+                f"with (fingerprint {stored}, this one {current})")
         aux = dict(state.aux)
         aux["text"] = jax.device_put(self.text.load_frozen(), state_shardings.aux["text"])
         return state.replace(aux=aux)

@@ -164,7 +164,7 @@ class TextInputs:
 
     def load_frozen(self) -> Any:  # noqa: ANN401
         """The pretrained T5's parameters (for `aux["text"]`), in `text.frozen_dtype`."""
-        return t5.load_t5(self.text.checkpoint, self.frozen_dtype)[1]
+        return t5.load_t5(t5_directory(self.text), self.frozen_dtype)[1]
 
     def encode(self, params: Any, aux: Any, batch: dict[str, Array]  # noqa: ANN401
                ) -> tuple[Array, Array]:
@@ -202,20 +202,19 @@ def _check_t5(t: ml_collections.ConfigDict) -> None:
     if not t.checkpoint:
         raise ConfigError("config.text.checkpoint is empty; text.encoder='t5' needs a Hugging "
                           "Face or T5X checkpoint directory")
-    if not os.path.isdir(t.checkpoint):
+    if not storage.isdir(t.checkpoint):
         raise ConfigError(f"config.text.checkpoint={t.checkpoint} does not exist")
     if t.cache and not storage.exists(t.cache):
         raise ConfigError(f"config.text.cache={t.cache} does not exist")
-    if t.vocabulary and not os.path.isfile(t.vocabulary):
+    if t.vocabulary and not storage.isfile(t.vocabulary):
         raise ConfigError(f"config.text.vocabulary={t.vocabulary} does not exist")
-    hf_config = os.path.join(t.checkpoint, "config.json")
-    if os.path.isfile(hf_config):
-        with open(hf_config) as f:
-            d_model = json.load(f).get("d_model")
+    hf_config = storage.join(t.checkpoint, "config.json")
+    if storage.isfile(hf_config):
+        d_model = json.loads(storage.read_text(hf_config)).get("d_model")
         if d_model != t.embed_dim:
             raise ConfigError(f"config.text.embed_dim={t.embed_dim} differs from the T5 width "
                               f"{d_model} in {hf_config}")
-        if not t.vocabulary and not os.path.isfile(os.path.join(t.checkpoint, "spiece.model")):
+        if not t.vocabulary and not storage.isfile(storage.join(t.checkpoint, "spiece.model")):
             raise ConfigError(f"config.text.checkpoint={t.checkpoint} has no spiece.model; set "
                               "config.text.vocabulary")
     elif not t.vocabulary:
@@ -223,12 +222,20 @@ def _check_t5(t: ml_collections.ConfigDict) -> None:
                           f"checkpoint in {t.checkpoint}")
 
 
+def t5_directory(t: ml_collections.ConfigDict) -> str:
+    """The T5 checkpoint on local disk (a gs:// one is fetched once; see `storage.local_dir`)."""
+    return storage.local_dir(t.checkpoint)
+
+
 def _t5_files(t: ml_collections.ConfigDict) -> tuple[t5.T5Config, str]:
     """(the T5's config, its sentencepiece model's path)."""
-    hf_config = os.path.join(t.checkpoint, "config.json")
+    directory = t5_directory(t)
+    hf_config = os.path.join(directory, "config.json")
     if os.path.isfile(hf_config):
         with open(hf_config) as f:
             cfg = t5.T5Config.from_hf_dict(json.load(f))
     else:  # a T5X checkpoint carries no config: its sizes come from the arrays
-        cfg, _ = t5.load_t5(t.checkpoint)
-    return cfg, t.vocabulary or os.path.join(t.checkpoint, "spiece.model")
+        cfg, _ = t5.load_t5(directory)
+    vocabulary = storage.local_file(t.vocabulary) if t.vocabulary else os.path.join(
+        directory, "spiece.model")
+    return cfg, vocabulary

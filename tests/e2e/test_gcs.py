@@ -219,3 +219,34 @@ def test_an_unreachable_endpoint_fails_fast_with_one_line():
                         "PHENAKI_STORAGE_TIMEOUT_S": "3"})
     assert_one_line_error(proc, "cannot reach gs://bucket", f"127.0.0.1:{closed}")
     assert time.time() - start < 60
+
+
+def test_embed_reads_a_t5_from_the_bucket_and_writes_a_sharded_cache_there(gcs, tmp_path):
+    from t5_reference import random_params, tiny_config, to_hf, train_spiece, write_hf
+
+    env, bucket = gcs
+    local = tmp_path / "t5"
+    write_hf(str(local), to_hf(random_params(tiny_config(), seed=3), tiny_config()))
+    train_spiece(str(local))
+    for file in sorted(os.listdir(local)):
+        bucket.blob(f"t5/{file}").upload_from_filename(str(local / file))
+    prompts = "a red square moves up\na blue circle\na green triangle moves left\n"
+    bucket.blob("inputs/captions.txt").upload_from_string(prompts)
+    (tmp_path / "captions.txt").write_text(prompts)
+    run_cli("embed", f"--checkpoint=gs://{BUCKET}/t5",
+            f"--prompts_file=gs://{BUCKET}/inputs/captions.txt",
+            f"--output=gs://{BUCKET}/caches/captions", "--shards=2", "--max_length=8",
+            env={**env, "HOME": str(tmp_path / "home")}, check=True)
+    run_cli("embed", f"--checkpoint={local}", f"--prompts_file={tmp_path / 'captions.txt'}",
+            f"--output={tmp_path / 'local.npz'}", "--max_length=8", check=True)
+    assert names(bucket, "caches/") == ["caches/captions/cache.json",
+                                        "caches/captions/shard-00000.npz",
+                                        "caches/captions/shard-00001.npz"]
+    with np.load(tmp_path / "local.npz") as npz:
+        expected = {str(p): e for p, e in zip(npz["prompts"], npz["embeddings"], strict=True)}
+    for k in range(2):
+        blob = bucket.blob(f"caches/captions/shard-0000{k}.npz").download_as_bytes()
+        with np.load(io.BytesIO(blob)) as npz:
+            for p, e in zip(npz["prompts"], npz["embeddings"], strict=True):
+                np.testing.assert_allclose(e, expected.pop(str(p)), rtol=1e-5, atol=1e-6)
+    assert not expected  # every caption is in exactly one shard
