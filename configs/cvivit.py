@@ -76,6 +76,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # The paper's LPIPS and adversarial losses; off in tiny, where they cost more than the model.
     c.loss.perceptual_weight = 0.0 if args.variant == "tiny" else 0.1
     c.loss.adversarial_weight = 0.0 if args.variant == "tiny" else 0.1
+    # The paper's video perceptual loss (I3D logits of real against reconstructed clips at
+    # 224 x 224, >= 9 frames). Off by default: at the paper's batch its memory on a pod is
+    # not yet planned (phenaki-plan --config.loss.video_perceptual_weight=0.1 ...).
+    c.loss.video_perceptual_weight = 0.0
     c.loss.lecam_weight = 0.001
     c.loss.adversarial_start_step = 0 if args.variant == "tiny" else 20_000
 

@@ -228,6 +228,14 @@ def _validate_cvivit(config: Config) -> None:
     non_negative(config, *(f"loss.{f}" for f in (
         "l2_weight", "vq_weight", "perceptual_weight", "adversarial_weight", "lecam_weight",
         "adversarial_start_step")))
+    video_perceptual = loss.get("video_perceptual_weight", 0.0)
+    if not isinstance(video_perceptual, (int, float)) or video_perceptual < 0:
+        raise ConfigError(f"config.loss.video_perceptual_weight must be >= 0, got "
+                          f"{video_perceptual!r}")
+    if video_perceptual and config.data.num_frames < 9:
+        raise ConfigError(f"config.loss.video_perceptual_weight > 0 needs clips of at least 9 "
+                          f"frames (I3D's pooling), got config.data.num_frames="
+                          f"{config.data.num_frames}")
     images = config.data.get("image_batch_size", 0)
     if not _is_int(images) or images < 0:
         raise ConfigError(

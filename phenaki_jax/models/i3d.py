@@ -142,3 +142,18 @@ def logits(weights: dict[str, Array], video: Array) -> Array:
                               "VALID") / (2 * 7 * 7)
     x = _unit(w, "Logits/Conv3d_0c_1x1", x, batch_norm=False)
     return x.mean(axis=(2, 3)).mean(axis=1)
+
+
+def perceptual_loss(weights: dict[str, Array], fake: Array, real: Array,
+                    size: int = 224) -> Array:
+    """The video perceptual loss: mean squared distance between the I3D logits (the FVD
+    features) of clips `fake` and `real` [B, T >= 9, H, W, 3] in [-1, 1], each resized to
+    `size` x `size` as FVD feeds them; `real`'s side carries no gradient. float32 [B]."""
+    b, t = fake.shape[:2]
+
+    def features(v: Array) -> Array:
+        v = jax.image.resize(v.astype(jnp.float32), (b, t, size, size, 3), "bilinear")
+        return logits(weights, v)
+
+    target = jax.lax.stop_gradient(features(real))
+    return jnp.mean(jnp.square(features(fake) - target), axis=-1)

@@ -18,7 +18,7 @@ import optax
 
 from phenaki_jax.metrics import psnr_per_clip
 from phenaki_jax.models import discriminator as disc_lib
-from phenaki_jax.models import layers, quantizers
+from phenaki_jax.models import i3d, layers, quantizers
 from phenaki_jax.models.cvivit import CViViT, float_to_frames, frames_to_float, token_grid
 from phenaki_jax.models.perceptual import Perceptual
 from phenaki_jax.stages import state as state_lib
@@ -63,6 +63,9 @@ class CViViTStage(Stage):
             self.disc_tx = state_lib.make_optimizer(config, config.discriminator.learning_rate)
         if self.use_perceptual:
             self.perceptual = Perceptual("alexnet")
+        # The paper's video perceptual loss: frozen I3D weights ride in `aux["i3d"]`, left out
+        # of checkpoints (`detached_aux`) and reloaded from the packaged weights.
+        self.use_i3d = config.loss.get("video_perceptual_weight", 0.0) > 0
         self.tokens_shape = token_grid(config.data.num_frames, config.data.resolution,
                                        config.model.patch_size, config.model.temporal_patch_size)
         # The image stream (`data.image_batch_size` > 0): one-frame clips beside the batch.
@@ -96,7 +99,30 @@ class CViViTStage(Stage):
             aux = {"disc_params": dparams, "disc_opt_state": self.disc_tx.init(dparams),
                    "lecam_real": jnp.zeros((), jnp.float32),
                    "lecam_fake": jnp.zeros((), jnp.float32)}
+        if self.use_i3d:  # shapes only: the weights are put in by prepare_new_state / attach
+            aux["i3d"] = {k: jnp.zeros(v.shape, jnp.float32)
+                          for k, v in i3d.load_weights().items()}
         return state_lib.initial_state(self.tx, params, self.config.ema_decay, model_state, aux)
+
+    def detached_aux(self) -> tuple[str, ...]:
+        return ("i3d",) if self.use_i3d else ()
+
+    def _with_i3d(self, state: state_lib.TrainState, state_shardings: Any
+                  ) -> state_lib.TrainState:  # noqa: ANN401
+        if not self.use_i3d:
+            return state
+        weights = {k: np.asarray(v, np.float32) for k, v in i3d.load_weights().items()}
+        aux = dict(state.aux)
+        aux["i3d"] = jax.device_put(weights, state_shardings.aux["i3d"])
+        return state.replace(aux=aux)
+
+    def prepare_new_state(self, state: state_lib.TrainState, mesh: Any,
+                          state_shardings: Any) -> state_lib.TrainState:  # noqa: ANN401
+        return self._with_i3d(state, state_shardings)
+
+    def attach(self, state: state_lib.TrainState, meta: dict[str, Any],
+               state_shardings: Any) -> state_lib.TrainState:  # noqa: ANN401
+        return self._with_i3d(state, state_shardings)
 
     # -- training -----------------------------------------------------------------------------
     def train_step(self, state: state_lib.TrainState, batch: dict[str, Array]
@@ -146,6 +172,14 @@ class CViViTStage(Stage):
                 perc = self.perceptual(fake, real).mean()
                 loss = loss + c.loss.perceptual_weight * perc
                 metrics["perceptual"] = perc
+            if self.use_i3d:
+                # Video clips only (an image has no motion to judge); padding frames hidden.
+                video = (batch["is_image"] == 0).astype(jnp.float32)
+                i3d_loss = (i3d.perceptual_loss(jax.lax.stop_gradient(state.aux["i3d"]),
+                                                hide_padding(recon), hide_padding(x)) * video
+                            ).sum() / jnp.maximum(video.sum(), 1.0)
+                loss = loss + c.loss.video_perceptual_weight * i3d_loss
+                metrics["video_perceptual"] = i3d_loss
             if self.use_adv:
                 fake_logits = self.disc.apply({"params": state.aux["disc_params"]},
                                               with_images(hide_padding(recon), recon_i))

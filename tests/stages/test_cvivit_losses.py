@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from conftest import load_config
 
-from phenaki_jax.config import validation
+from phenaki_jax.config import ConfigError, validation
 from phenaki_jax.models import discriminator as disc_lib
 from phenaki_jax.models import perceptual
 from phenaki_jax.stages.cvivit import CViViTStage
@@ -243,3 +243,29 @@ def _adam_first_moment(opt_state):
             if found is not None:
                 return found
     return None
+
+
+def test_the_i3d_loss_trains_the_tokenizer_and_stays_out_of_its_checkpoints():
+    c = small_gan_config(num_frames=9, perceptual_weight=0.0)
+    c.loss.adversarial_weight = 0.0
+    c.loss.video_perceptual_weight = 0.1
+    c.batch_size = 1  # I3D runs at 224 x 224 whatever the clip's size
+    validation.validate(c, 1)
+    stage = CViViTStage(c)
+    assert stage.detached_aux() == ("i3d",)
+    state = nn.unbox(stage.init(jax.random.key(0)))
+    shardings = jax.tree.map(lambda x: x.sharding, state)
+    state = stage.prepare_new_state(state, None, shardings)
+    assert float(jnp.abs(state.aux["i3d"]["params/Conv3d_1a_7x7/Conv_0/kernel"]).max()) > 0
+    assert "i3d" not in stage.savable(state).aux
+    rng = np.random.default_rng(0)
+    batch = {"frames": jnp.asarray(rng.integers(0, 256, (1, 9, 32, 32, 3), dtype=np.uint8)),
+             "is_image": jnp.zeros((1,), jnp.int32)}
+    new, metrics = jax.jit(stage.train_step)(state, batch)
+    assert float(metrics["video_perceptual"]) > 0 and np.isfinite(float(metrics["loss"]))
+    for a, b in zip(jax.tree.leaves(new.aux["i3d"]), jax.tree.leaves(state.aux["i3d"]),
+                    strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # frozen
+    c.data.num_frames = 3
+    with pytest.raises(ConfigError, match="at least 9 frames"):
+        validation.validate(c, 1)
