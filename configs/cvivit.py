@@ -88,7 +88,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.discriminator.max_channels = 512
     c.discriminator.learning_rate = c.learning_rate
     c.discriminator.dtype = c.model.dtype
-    c.discriminator.remat = c.model.remat
+    # No remat: the plan shows it saves nothing here (docs/experiments/pods.md).
+    c.discriminator.remat = "none"
 
     if args.runlocal:
         parsing.apply_runlocal(c)

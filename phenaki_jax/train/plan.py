@@ -181,7 +181,7 @@ _SMALL = {"model.width": 32, "model.mlp_dim": 64}
 MATRICES: dict[str, list[tuple[str, str, str, dict[str, Any]]]] = {
     "paper": [
         ("cvivit", "paper", "v4-32", {}),
-        ("cvivit", "paper", "v4-32", {"discriminator.remat": "none"}),
+        ("cvivit", "paper", "v4-32", {"discriminator.remat": "full"}),
         ("maskgit", "paper", "v4-64", {}),
         ("maskgit", "paper", "v4-64", {"model.remat": "save_dots"}),
         ("maskgit", "paper", "v4-64", {"model.attention": "xla"}),
