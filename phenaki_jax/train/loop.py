@@ -116,10 +116,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             host = stage.host_batch(raw)
             return sharding.global_batch(mesh, {k: host[k] for k in stage.batch_axes})
 
+        saved: list[int] = []  # steps saved by this process (a save may still be in flight)
+
         def save(step: int, force: bool = False) -> None:
+            if step in saved:  # a preemption at a checkpoint step: that save already began
+                return
             meta = {"step": step, "batches_consumed": step, "stage": config.stage,
                     "config": ckpt_lib.config_to_json(config), **stage.checkpoint_meta()}
-            checkpointer.save(step, stage.savable(state), meta, force=force)
+            if checkpointer.save(step, stage.savable(state), meta, force=force):
+                saved.append(step)
 
         def evaluate(step: int) -> dict[str, float]:
             sums: dict[str, np.ndarray] = {}
@@ -194,7 +199,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                     checkpointer.close()
                     writers.close()
                     return summary
-        if step not in checkpointer.steps():
+        if step not in checkpointer.steps() and step not in saved:
             save(step, force=True)
         checkpointer.wait()
         if config.eval_batches:

@@ -173,3 +173,18 @@ print(int(state.step))
     res = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=env(),
                          capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-3000:]
+
+
+def test_sigterm_at_a_checkpoint_step_saves_once_and_exits_zero(tmp_path):
+    """Every step checkpoints, so the SIGTERM lands on a step whose periodic save has begun:
+    the stop must not save that step a second time (orbax refuses it)."""
+    workdir = str(tmp_path)
+    proc = subprocess.Popen(train_cmd(workdir, "--config.checkpoint_every_steps=1"), cwd=ROOT,
+                            env=env(), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                            text=True)
+    wait_for_step(workdir, 3, proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-3000:]
+    stopped = max(losses(workdir))
+    assert f"checkpoint of step {stopped} is durable" in err
