@@ -187,7 +187,7 @@ def main(argv: Sequence[str]) -> None:
 
     logging.set_verbosity(logging.INFO)
     start = time.time()
-    root = os.path.abspath(_WORKDIR.value)
+    root = storage.resolve(_WORKDIR.value)  # local or gs://
     tok_dir = os.path.join(root, "tokenizer")
     tr_dir = os.path.join(root, "transformer")
 
