@@ -123,11 +123,6 @@ def path(p: str) -> epath.Path:
     return epath.Path(resolve(p))
 
 
-def check(p: str) -> None:
-    """Raises `StorageError` at once when `p` lies in a bucket that is unreachable or missing."""
-    path(p)
-
-
 def exists(p: str) -> bool:
     return path(p).exists()
 
@@ -143,10 +138,6 @@ def isfile(p: str) -> bool:
 
 def makedirs(p: str) -> None:
     path(p).mkdir(parents=True, exist_ok=True)
-
-
-def listdir(p: str) -> list[str]:
-    return sorted(c.name for c in path(p).iterdir())
 
 
 def read_text(p: str) -> str:
@@ -170,7 +161,7 @@ def atomic_path(p: str) -> Iterator[str]:
     it on local disk, one upload on GCS). On failure `p` is untouched."""
     suffix = os.path.splitext(str(p))[1]
     if is_remote(p):
-        check(p)
+        path(p)  # an unreachable or missing bucket fails before anything is written
         fd, tmp = tempfile.mkstemp(prefix="phenaki-upload-", suffix=suffix)
     else:
         directory = os.path.dirname(os.path.abspath(p)) or "."

@@ -211,8 +211,7 @@ def main(argv: Sequence[str]) -> None:
     report["evaluation"] = {**ev["summary"], "seconds": round(time.time() - t0, 1),
                             "seconds_per_prompt_round": ev["seconds_per_prompt_round"]}
     report["demo_wall_s"] = round(time.time() - start, 1)
-    with storage.atomic_path(os.path.join(root, "report.json")) as tmp, open(tmp, "w") as f:
-        json.dump(report, f, indent=2)
+    storage.write_text(os.path.join(root, "report.json"), json.dumps(report, indent=2))
     tok, tr, st, e = report["tokenizer"], report["transformer"], report["story"], ev["summary"]
     sys.stdout.write(
         f"\nphenaki demo ({report['demo_wall_s']:.0f} s after install)\n"

@@ -30,7 +30,6 @@ from phenaki_jax.evaluation import judge
 from phenaki_jax.inference.story import CompileCounter, StoryDecoder
 from phenaki_jax.inference.story_io import Story, StoryError
 from phenaki_jax.metrics import psnr_per_clip
-from phenaki_jax.storage import atomic_path
 
 
 def prompt_sets(seed: int, clips: int, stories: int, story_length: int
@@ -142,7 +141,7 @@ def contact_sheet(sections: list[tuple[str, list[Any], list[dict]]], path: str,
     for b in blocks:
         sheet.paste(b, (0, y))
         y += b.height
-    with atomic_path(path) as tmp:
+    with storage.atomic_path(path) as tmp:
         sheet.save(tmp, format="PNG")
 
 
@@ -184,7 +183,7 @@ def evaluate(decoder: StoryDecoder, output_dir: str, plan: EvalPlan = EvalPlan()
     items_by_set["image_to_video"] = []
     for i, (image, prompt) in enumerate(images):
         path = os.path.join(image_dir, f"image_to_video_{i:03d}.png")
-        with atomic_path(path) as tmp:
+        with storage.atomic_path(path) as tmp:
             Image.fromarray(image).save(tmp, format="PNG")
         items_by_set["image_to_video"].append(
             Story(f"image_to_video_{i:03d}", [prompt], seed + i, path))
@@ -222,6 +221,5 @@ def evaluate(decoder: StoryDecoder, output_dir: str, plan: EvalPlan = EvalPlan()
         "image_to_video_adherence": report["image_to_video"]["adherence"],
         "image_to_video_frame0_psnr_db": report["image_to_video"]["frame0_psnr_db"],
     }
-    with atomic_path(os.path.join(output_dir, "eval_report.json")) as tmp, open(tmp, "w") as f:
-        json.dump(report, f, indent=2)
+    storage.write_text(os.path.join(output_dir, "eval_report.json"), json.dumps(report, indent=2))
     return report

@@ -27,7 +27,6 @@ from phenaki_jax.inference.story import StoryDecoder
 from phenaki_jax.inference.story_io import Story
 from phenaki_jax.inference.tokenizer import run_tokenizer
 from phenaki_jax.stages import registry
-from phenaki_jax.storage import atomic_path
 
 
 def validation_clips(config: ml_collections.ConfigDict, data: str,
@@ -58,7 +57,7 @@ def contact_sheet(rows: list[tuple[str, np.ndarray]], path: str, clips: int = 4)
     sheet = np.concatenate(blocks)
     scale = max(1, 96 // rows[0][1].shape[2])
     image = Image.fromarray(np.repeat(np.repeat(sheet, scale, 0), scale, 1))
-    with atomic_path(path) as tmp:
+    with storage.atomic_path(path) as tmp:
         image.save(tmp, format="PNG")
 
 
@@ -100,6 +99,5 @@ def evaluate_real(workdir: str, data: str, output_dir: str, max_clips: int = 64,
     sheet = os.path.join(output_dir, "eval_sheet.png")
     contact_sheet(rows, sheet)
     report["contact_sheet"] = sheet
-    with atomic_path(os.path.join(output_dir, "eval_report.json")) as tmp, open(tmp, "w") as f:
-        json.dump(report, f, indent=2)
+    storage.write_text(os.path.join(output_dir, "eval_report.json"), json.dumps(report, indent=2))
     return report

@@ -129,8 +129,7 @@ def write_result(result: Result, video_path: str, settings: dict[str, Any]) -> d
     if result.ids:
         media.save_npy(stem + ".ids.npy", np.stack(result.ids).astype(np.int32))
     media.write_video(video_path, result.frames, fps=FPS)
-    with storage.atomic_path(stem + ".json") as tmp, open(tmp, "w") as f:
-        json.dump(manifest, f, indent=2)
+    storage.write_text(stem + ".json", json.dumps(manifest, indent=2))
     return manifest
 
 

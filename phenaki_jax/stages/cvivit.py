@@ -8,6 +8,7 @@ gradient norm or new parameters are not finite changes nothing but the counters.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -101,19 +102,23 @@ class CViViTStage(Stage):
                    "lecam_fake": jnp.zeros((), jnp.float32)}
         if self.use_i3d:  # shapes only: the weights are put in by prepare_new_state / attach
             aux["i3d"] = {k: jnp.zeros(v.shape, jnp.float32)
-                          for k, v in i3d.load_weights().items()}
+                          for k, v in self._i3d_weights.items()}
         return state_lib.initial_state(self.tx, params, self.config.ema_decay, model_state, aux)
 
     def detached_aux(self) -> tuple[str, ...]:
         return ("i3d",) if self.use_i3d else ()
 
+    @functools.cached_property
+    def _i3d_weights(self) -> dict[str, np.ndarray]:
+        """The frozen I3D's weights, read once (for init's shapes and for the state)."""
+        return {k: np.asarray(v, np.float32) for k, v in i3d.load_weights().items()}
+
     def _with_i3d(self, state: state_lib.TrainState, state_shardings: Any
                   ) -> state_lib.TrainState:  # noqa: ANN401
         if not self.use_i3d:
             return state
-        weights = {k: np.asarray(v, np.float32) for k, v in i3d.load_weights().items()}
         aux = dict(state.aux)
-        aux["i3d"] = jax.device_put(weights, state_shardings.aux["i3d"])
+        aux["i3d"] = jax.device_put(self._i3d_weights, state_shardings.aux["i3d"])
         return state.replace(aux=aux)
 
     def prepare_new_state(self, state: state_lib.TrainState, mesh: Any,

@@ -10,6 +10,7 @@ frame exists (the rest is neither attended to nor scored).
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from typing import Any
@@ -136,10 +137,14 @@ class MaskGITStage(Stage):
                 "config": json.loads(self.tokenizer_config.to_json_best_effort()),
                 "workdir": workdir, "step": step}
         if self.text.frozen:
-            checkpoint = self.config.text.checkpoint
-            meta["text_encoder"] = {"checkpoint": checkpoint,
-                                    "fingerprint": text_fingerprint(t5_directory(self.config.text))}
+            meta["text_encoder"] = self._text_encoder
         return meta
+
+    @functools.cached_property
+    def _text_encoder(self) -> dict[str, str]:
+        """The frozen T5's directory and fingerprint, read once (not at every checkpoint)."""
+        return {"checkpoint": self.config.text.checkpoint,
+                "fingerprint": text_fingerprint(t5_directory(self.config.text))}
 
     def detached_aux(self) -> tuple[str, ...]:
         return ("text",) if self.text.frozen else ()
@@ -150,13 +155,12 @@ class MaskGITStage(Stage):
         checkpoint was trained with."""
         if not self.text.frozen:
             return state
-        checkpoint = self.config.text.checkpoint
         stored = meta.get("text_encoder", {}).get("fingerprint")
-        current = text_fingerprint(t5_directory(self.config.text))
+        current = self._text_encoder["fingerprint"]
         if stored and stored != current:
             raise CheckpointError(
-                f"config.text.checkpoint={checkpoint} is not the T5 this checkpoint was trained "
-                f"with (fingerprint {stored}, this one {current})")
+                f"config.text.checkpoint={self.config.text.checkpoint} is not the T5 this "
+                f"checkpoint was trained with (fingerprint {stored}, this one {current})")
         aux = dict(state.aux)
         aux["text"] = jax.device_put(self.text.load_frozen(), state_shardings.aux["text"])
         return state.replace(aux=aux)

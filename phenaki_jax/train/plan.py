@@ -14,7 +14,6 @@ import dataclasses
 import time
 from typing import Any
 
-import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
@@ -122,8 +121,10 @@ def plan(config: ml_collections.ConfigDict, topology: str, mfu: float = 0.4) -> 
     config, stage = registry.for_benchmark(config, chips)
     sizes = mesh_shape(config, chips)
     mesh = sharding.make_mesh(config, devices)
-    boxed = jax.eval_shape(stage.init, jax.random.key(0))
-    params = nn.unbox(boxed).params
+    rng = jax.random.key(0)  # made on the host: the mesh's devices can compile, not run
+    with sharding.active(mesh):
+        _, abstract, state_shardings = create_state(stage.init, mesh, rng)
+    params = abstract.params
     out: dict[str, Any] = {
         "topology": topology, "platform": devices[0].platform, "device_kind":
         devices[0].device_kind, "chips": chips, "mesh": sizes, "stage": config.stage,
@@ -133,9 +134,7 @@ def plan(config: ml_collections.ConfigDict, topology: str, mfu: float = 0.4) -> 
         "remat": str(config.model.get("remat", "none")),
         "attention": str(config.model.get("attention", "xla")),
         "hbm_bytes": generation.hbm_bytes}
-    rng = jax.random.key(0)  # made on the host: the mesh's devices can compile, not run
     with sharding.active(mesh):
-        _, abstract, state_shardings = create_state(stage.init, mesh, rng)
         step, batch_shardings = jit_train_step(stage, mesh, state_shardings)
         batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_shardings[k])
                  for k, v in stage.example_batch().items() if k in stage.batch_axes}
