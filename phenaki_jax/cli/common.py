@@ -40,6 +40,8 @@ class _QuietLibraries:
 
     def filter(self, record: object) -> bool:
         path = getattr(record, "pathname", "")
+        if "apache_beam" in path:  # Beam's INFO lines narrate its workers' plumbing
+            return getattr(record, "levelno", 0) > 20
         if "orbax" not in path:
             return True
         if getattr(record, "levelno", 0) <= 20:
@@ -146,8 +148,11 @@ def platforms_env(environ: Mapping[str, str]) -> dict[str, str] | None:
 
 
 def run(program: str, main: Callable[[Sequence[str]], None],
-        expected: tuple[type[BaseException], ...] = ()) -> None:
+        expected: tuple[type[BaseException], ...] = (), pass_unknown: bool = False) -> None:
     """`absl.app.run` with flag errors and the `expected` exceptions as one-line errors.
+
+    With `pass_unknown`, flags this program does not define reach `main`'s argv (for options
+    another library parses, such as Beam's pipeline options).
 
     First, once, the process re-executes itself with the same arguments and huge pages for
     glibc's heap (`huge_pages_env`), before JAX or TensorFlow is imported.
@@ -167,7 +172,7 @@ def run(program: str, main: Callable[[Sequence[str]], None],
 
     def parse(argv: list[str]) -> list[str]:
         try:
-            return flags.FLAGS(argv)
+            return flags.FLAGS(argv, known_only=pass_unknown)
         except flags.Error as e:
             fail(program, _without_traceback(str(e)), 2)
         except handled as e:

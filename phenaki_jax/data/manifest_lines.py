@@ -93,7 +93,7 @@ def _excerpt(raw: bytes, limit: int = 80) -> str:
     return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
-def _parse_line(raw: bytes, manifest_dir: str, num_frames: int) -> tuple[str, str, str, int]:
+def parse_line(raw: bytes, manifest_dir: str, num_frames: int) -> tuple[str, str, str, int]:
     """One manifest line -> (kind "video" or "image", absolute media path, caption,
     context frames)."""
     try:
@@ -162,7 +162,7 @@ def load_example(manifest: str, lines: Sequence[bytes], line: int, resolution: i
         if (manifest, line) in LEDGER.bad:
             return None
     try:
-        kind, path, text, context = _parse_line(lines[line], os.path.dirname(manifest),
+        kind, path, text, context = parse_line(lines[line], os.path.dirname(manifest),
                                                 num_frames)
         frames = _decode(kind, path, resolution, num_frames)
     except BadExample as bad:

@@ -9,6 +9,7 @@ process never leaves a half-written file under the final name.
 
 from __future__ import annotations
 
+import io
 import os
 
 import numpy as np
@@ -25,38 +26,61 @@ class MediaError(ValueError):
     """An unreadable, corrupt or unsuitable video or image; the message names the file."""
 
 
-def read_video(path: str, fps: float | None = FPS, max_frames: int | None = None) -> np.ndarray:
-    """Decodes `path` to RGB uint8 [T, H, W, 3], resampled to `fps` (None keeps every frame).
+def read_video(path: str, fps: float | None = FPS, max_frames: int | None = None,
+               size: int | None = None) -> np.ndarray:
+    """Decodes the video file `path` (local or gs://) to RGB uint8 [T, H, W, 3]; see
+    `decode_video` for the resampling and the display corrections."""
+    if not storage.isfile(path):
+        raise MediaError(f"video file not found: {path}")
+    with storage.local_copy(path) as local:
+        return decode_video(local, fps=fps, max_frames=max_frames, size=size, name=path)
 
-    Resampling picks, for each output time k / fps, the last decoded frame at or before it, so
-    a 24 fps source yields every third frame and a 4 fps source repeats frames. Times count
-    from the first frame's timestamp: a stream that starts later than 0 (an edited or cut
-    file) starts at its first frame, rather than repeating it until its start time.
+
+def decode_video(source: str | bytes, fps: float | None = FPS, max_frames: int | None = None,
+                 size: int | None = None, name: str | None = None) -> np.ndarray:
+    """Decodes a video (a local path or the file's bytes) to RGB uint8 [T, H, W, 3].
+
+    Frames are as a player shows them: the container's display rotation is applied, and a
+    non-square sample aspect ratio (anamorphic pixels) stretches the width. With `size`, each
+    frame is centre-cropped to a square of the *displayed* picture and resized to `size`
+    as it is decoded, so a long source never sits in memory at full resolution.
+
+    Resampling to `fps` picks, for each output time k / fps, the last decoded frame at or
+    before it, so a 24 fps source yields every third frame, a 4 fps source repeats frames and
+    a variable-rate stream is read by its timestamps. Times count from the first frame's
+    timestamp: a stream that starts later than 0 (an edited or cut file) starts at its first
+    frame, rather than repeating it until its start time. Only the frames kept are converted
+    to RGB.
     """
     import av
 
-    if not storage.isfile(path):
-        raise MediaError(f"video file not found: {path}")
+    label = name or (source if isinstance(source, str) else "<video bytes>")
     frames: list[np.ndarray] = []
+
+    def keep(frame: av.VideoFrame) -> None:
+        frames.append(_displayed(frame, size))
+
     try:
-        with storage.local_copy(path) as local, av.open(local) as container:
+        opened = av.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+        with opened as container:
             if not container.streams.video:
-                raise MediaError(f"{path} has no video stream")
+                raise MediaError(f"{label} has no video stream")
             stream = container.streams.video[0]
             next_t, last, last_t, start = 0.0, None, 0.0, None
             for frame in container.decode(stream):
                 t = float(frame.time) if frame.time is not None else last_t + (start or 0.0)
                 start = t if start is None else start
                 t -= start
-                rgb = frame.to_ndarray(format="rgb24")
                 if fps is None:
-                    frames.append(rgb)
+                    keep(frame)
                 else:
                     # Output time next_t lies before this frame: the previous frame shows then.
                     while last is not None and next_t < t - 1e-6:
-                        frames.append(last)
+                        keep(last)
                         next_t += 1.0 / fps
-                    last, last_t = rgb, t
+                        if max_frames is not None and len(frames) >= max_frames:
+                            break
+                    last, last_t = frame, t
                 if max_frames is not None and len(frames) >= max_frames:
                     break
             while (
@@ -65,30 +89,67 @@ def read_video(path: str, fps: float | None = FPS, max_frames: int | None = None
                 and next_t <= last_t + 1e-6
                 and (max_frames is None or len(frames) < max_frames)
             ):
-                frames.append(last)
+                keep(last)
                 next_t += 1.0 / fps
     except MediaError:
         raise
     except Exception as e:  # noqa: BLE001 - FFmpeg reports corruption in many types
-        raise MediaError(f"cannot decode video {path}: {type(e).__name__}: {e}") from e
+        raise MediaError(f"cannot decode video {label}: {type(e).__name__}: {e}") from e
     if not frames:
-        raise MediaError(f"{path} contains no decodable frames")
-    out = np.stack(frames[:max_frames] if max_frames else frames).astype(np.uint8)
-    return out
+        raise MediaError(f"{label} contains no decodable frames")
+    return np.stack(frames[:max_frames] if max_frames else frames).astype(np.uint8)
 
 
-def read_image(path: str) -> np.ndarray:
-    """Reads an image file as RGB uint8 [H, W, 3] (alpha dropped, greyscale expanded)."""
-    from PIL import Image, UnidentifiedImageError
+def _displayed(frame: object, size: int | None) -> np.ndarray:
+    """One decoded frame as shown: rotated, anamorphic pixels stretched; with `size`, the
+    centre square of that picture resized to `size` (one resampling from the stored pixels)."""
+    rgb = frame.to_ndarray(format="rgb24")
+    sar = frame.sample_aspect_ratio if hasattr(frame, "sample_aspect_ratio") else None
+    sar = float(sar) if sar else 1.0
+    # FFmpeg's rotation is counter-clockwise in degrees (its players turn the picture by it).
+    turns = int(round((getattr(frame, "rotation", 0) or 0) / 90.0)) % 4
+    if turns:
+        rgb = np.ascontiguousarray(np.rot90(rgb, turns))
+        if turns % 2:
+            sar = 1.0 / sar
+    if size is None and abs(sar - 1.0) < 1e-6:
+        return rgb
+    return _resample(rgb, sar, size)
 
-    if not storage.isfile(path):
+
+def _resample(rgb: np.ndarray, sar: float, size: int | None) -> np.ndarray:
+    """Stored pixels -> displayed picture (width times `sar`), or its centre square at `size`."""
+    from PIL import Image
+
+    h, w = rgb.shape[:2]
+    display_w = w * sar
+    image = Image.fromarray(rgb)
+    if size is None:
+        return np.asarray(image.resize((max(1, int(round(display_w))), h),
+                                       Image.Resampling.BICUBIC))
+    side = min(display_w, float(h))  # the square, in displayed pixels
+    box_w, box_h = side / sar, side  # the same square, in stored pixels
+    left, top = (w - box_w) / 2.0, (h - box_h) / 2.0
+    method = Image.Resampling.BOX if side > size else Image.Resampling.BICUBIC
+    return np.asarray(image.resize((size, size), method,
+                                   box=(left, top, left + box_w, top + box_h)))
+
+
+def read_image(path: str | bytes, name: str | None = None) -> np.ndarray:
+    """Reads an image (a path, local or gs://, or the file's bytes) as RGB uint8 [H, W, 3]:
+    EXIF orientation applied, alpha dropped, greyscale expanded."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    label = name or (path if isinstance(path, str) else "<image bytes>")
+    if isinstance(path, str) and not storage.isfile(path):
         raise MediaError(f"image file not found: {path}")
     try:
-        with storage.open_file(path) as f, Image.open(f) as im:
+        with (io.BytesIO(path) if isinstance(path, bytes) else storage.open_file(path)) as f, \
+                Image.open(f) as im:
             im.load()
-            return np.asarray(im.convert("RGB"), dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise MediaError(f"cannot read image {path}: {e}") from e
+            return np.asarray(ImageOps.exif_transpose(im).convert("RGB"), dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        raise MediaError(f"cannot read image {label}: {e}") from e
 
 
 def center_crop_resize(frames: np.ndarray, size: int) -> np.ndarray:

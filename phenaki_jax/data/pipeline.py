@@ -1,11 +1,14 @@
 """Host-side input pipeline: a seqio task or mixture -> per-host numpy batches.
 
 The pipeline is deterministic and indexed by step: batch `n` of a run is the same whatever
-happened before, so resuming at step `s` means skipping `s` batches (`start_batch`). Each host
+happened before. Resuming at step `s` starts a prepared set's stream at batch `s` without
+reading anything before it (`data.prepared`); other streams skip `s` batches. Each host
 reads only its shard (`seqio.ShardInfo` from the process index) and contributes
 `batch_size / process_count` examples to the global batch.
 
-`config.data.name` is a registered seqio task or mixture, or a JSONL manifest spec read from
+`config.data.name` is a registered seqio task or mixture, a prepared directory spec
+(`prepared:DIR` or `prepared:DIR_A=0.8,DIR_B=0.2`, see `phenaki_jax.data.prepared`), or a JSONL
+manifest spec read from
 files (`jsonl:train=/a/train.jsonl,validation=/a/val.jsonl` or `jsonl:/a/all.jsonl`, see
 `phenaki_jax.data.manifests`); bad examples of the latter are skipped and `skipped_examples()`
 counts them.
@@ -20,7 +23,7 @@ import ml_collections
 import numpy as np
 
 from phenaki_jax.config import ConfigError
-from phenaki_jax.data import manifest_lines, manifests, tasks
+from phenaki_jax.data import manifest_lines, manifests, prepared, tasks
 from phenaki_jax.data import shapes_world as sw
 from phenaki_jax.data.tf_quiet import seqio, tf
 
@@ -45,6 +48,12 @@ def get_provider(  # noqa: ANN201 - a seqio Task or Mixture
                 f"config.data.name='{name}' needs config.data.resolution; look it up with "
                 "data_name(config)")
         name = manifests.register_spec(name, resolution, num_frames)
+    elif name.startswith(prepared.SPEC_PREFIX):
+        if resolution is None:
+            raise ConfigError(
+                f"config.data.name='{name}' needs config.data.resolution; look it up with "
+                "data_name(config)")
+        name = prepared.register_spec(name, resolution, num_frames)
     try:
         return seqio.get_mixture_or_task(name)
     except (KeyError, ValueError) as e:
@@ -64,6 +73,8 @@ def data_name(config: ml_collections.ConfigDict) -> str:
         splits = [config.data[k] for k in ("train_split", "eval_split") if k in config.data]
         return manifests.register_spec(name, config.data.resolution, config.data.num_frames,
                                    splits)
+    if isinstance(name, str) and name.startswith(prepared.SPEC_PREFIX):
+        return prepared.register_spec(name, config.data.resolution, config.data.num_frames)
     if "image_fraction" not in config.data or name != f"shapes_world_{config.data.resolution}":
         return name
     i, c = config.data.image_fraction, config.data.continuation_fraction
@@ -106,22 +117,24 @@ def host_batches(
             f"config.data.image_batch_size={image_batch} is not divisible by the {count} hosts")
 
     def read(name: str, size: int):  # noqa: ANN202 - a tf.data.Dataset
-        return get_provider(name, config.data.resolution, config.data.num_frames).get_dataset(
-            sequence_length=None,
-            split=split,
-            shuffle=False,
-            num_epochs=None,
-            seed=config.seed,
-            use_cached=False,
-            shard_info=seqio.ShardInfo(index=index, num_shards=count),
-        ).batch(size // count, drop_remainder=True)
+        provider = get_provider(name, config.data.resolution, config.data.num_frames)
+        shard = seqio.ShardInfo(index=index, num_shards=count)
+        per_host = size // count
+        if prepared.is_prepared(provider):
+            # Index-addressable: start at this host's first element of batch `start_batch`.
+            return prepared.dataset_from(provider, split, config.seed, shard,
+                                         start_batch * per_host).batch(per_host,
+                                                                       drop_remainder=True)
+        ds = provider.get_dataset(sequence_length=None, split=split, shuffle=False,
+                                  num_epochs=None, seed=config.seed, use_cached=False,
+                                  shard_info=shard).batch(per_host, drop_remainder=True)
+        # Other streams are positioned by reading through the batches before the start.
+        return ds.skip(start_batch) if start_batch else ds
 
     ds = read(data_name(config), global_batch)
     if image_batch:
         images = read(config.data.image_name, image_batch).map(lambda ex: ex["frames"][:, :1])
         ds = tf.data.Dataset.zip(ds, images).map(lambda ex, im: {**ex, "image_frames": im})
-    if start_batch:
-        ds = ds.skip(start_batch)
     ds = ds.prefetch(config.data.get("prefetch", 2))
     want = (config.data.num_frames, config.data.resolution, config.data.resolution, 3)
     for raw in ds.as_numpy_iterator():

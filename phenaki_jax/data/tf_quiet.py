@@ -11,31 +11,19 @@ import fails.
 from __future__ import annotations
 
 import os
-import sys
-import tempfile
 from typing import Any
+
+from phenaki_jax.data.stderr import captured_stderr
 
 
 def _load() -> tuple[Any, Any]:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as captured:
-        os.dup2(captured.fileno(), 2)
-        try:
-            import tensorflow as tf
+    with captured_stderr():
+        import tensorflow as tf
 
-            tf.config.set_visible_devices([], "GPU")
-            tf.constant(0)  # the devices are set up (and CUDA probed) now, not at first use
-            import seqio
-        except BaseException:
-            os.dup2(saved, 2)
-            captured.seek(0)
-            sys.stderr.write(captured.read().decode("utf-8", "replace"))
-            raise
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
+        tf.config.set_visible_devices([], "GPU")
+        tf.constant(0)  # the devices are set up (and CUDA probed) now, not at first use
+        import seqio
     return tf, seqio
 
 
