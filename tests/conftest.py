@@ -223,6 +223,7 @@ MODULE_ORDER = [
     "test_story.py",  # 100 s, and the micro models
     "test_gcs.py",  # 110 s, and the micro transformer
     "test_plan.py",  # the TPU compiler
+    "test_prepared_training.py",  # 45 s: prepare, train both stages, story
     "test_cvivit_losses.py",  # 85 s
     "test_cvivit.py",  # 76 s
     "test_manifests.py",  # 59 s

@@ -57,8 +57,10 @@ def decode_video(source: str | bytes, fps: float | None = FPS, max_frames: int |
     label = name or (source if isinstance(source, str) else "<video bytes>")
     frames: list[np.ndarray] = []
 
+    sar = 1.0
+
     def keep(frame: av.VideoFrame) -> None:
-        frames.append(_displayed(frame, size))
+        frames.append(_displayed(frame, sar, size))
 
     try:
         opened = av.open(io.BytesIO(source) if isinstance(source, bytes) else source)
@@ -66,6 +68,8 @@ def decode_video(source: str | bytes, fps: float | None = FPS, max_frames: int |
             if not container.streams.video:
                 raise MediaError(f"{label} has no video stream")
             stream = container.streams.video[0]
+            ratio = stream.sample_aspect_ratio or stream.codec_context.sample_aspect_ratio
+            sar = float(ratio) if ratio else 1.0
             next_t, last, last_t, start = 0.0, None, 0.0, None
             for frame in container.decode(stream):
                 t = float(frame.time) if frame.time is not None else last_t + (start or 0.0)
@@ -100,12 +104,11 @@ def decode_video(source: str | bytes, fps: float | None = FPS, max_frames: int |
     return np.stack(frames[:max_frames] if max_frames else frames).astype(np.uint8)
 
 
-def _displayed(frame: object, size: int | None) -> np.ndarray:
-    """One decoded frame as shown: rotated, anamorphic pixels stretched; with `size`, the
-    centre square of that picture resized to `size` (one resampling from the stored pixels)."""
+def _displayed(frame: object, sar: float, size: int | None) -> np.ndarray:
+    """One decoded frame as shown: rotated, its pixels `sar` times as wide as tall stretched;
+    with `size`, the centre square of that picture resized to `size` (one resampling from the
+    stored pixels)."""
     rgb = frame.to_ndarray(format="rgb24")
-    sar = frame.sample_aspect_ratio if hasattr(frame, "sample_aspect_ratio") else None
-    sar = float(sar) if sar else 1.0
     # FFmpeg's rotation is counter-clockwise in degrees (its players turn the picture by it).
     turns = int(round((getattr(frame, "rotation", 0) or 0) / 90.0)) % 4
     if turns:

@@ -215,7 +215,9 @@ class PreparedSource(seqio.DataSource):
         def parse(raw: tf.Tensor) -> dict[str, tf.Tensor]:
             ex = tf.io.parse_single_example(raw, spec)
             jpegs = tf.sparse.to_dense(ex["frames"])
-            frames = tf.map_fn(lambda b: tf.io.decode_jpeg(b, channels=3), jpegs,
+            frames = tf.map_fn(lambda b: tf.io.decode_jpeg(b, channels=3,
+                                                           dct_method="INTEGER_ACCURATE"),
+                               jpegs,
                                fn_output_signature=tf.uint8)
             n = tf.shape(frames)[0]
             tf.debugging.assert_equal(tf.shape(frames)[1:3], [r, r],

@@ -186,7 +186,7 @@ def _read_tar(path: str) -> Iterator[Item | Skip]:
                 stem, _, ext = base.partition(".")
                 if stem != key:
                     if key is not None:
-                        yield _tar_item(path, key, group, seen)
+                        yield from _some(_tar_item(path, key, group, seen))
                     key, group = stem, {}
                 data = tar.extractfile(member)
                 content = data.read() if data is not None else b""
@@ -198,23 +198,31 @@ def _read_tar(path: str) -> Iterator[Item | Skip]:
         yield Skip("corrupt_archive", f"{path}: unreadable{where}: {e}")
         return
     if key is not None:
-        yield _tar_item(path, key, group, seen)
+        yield from _some(_tar_item(path, key, group, seen))
 
 
-def _tar_item(path: str, key: str, group: dict[str, bytes], seen: set[str]) -> Item | Skip:
+def _some(value: Item | Skip | None) -> Iterator[Item | Skip]:
+    if value is not None:
+        yield value
+
+
+def _tar_item(path: str, key: str, group: dict[str, bytes], seen: set[str]
+              ) -> Item | Skip | None:
     if key in seen:
         return Skip("duplicate_key", f"{path}: key {key} appears twice")
     seen.add(key)
     media = [ext for ext in group if ext in MEDIA_EXTENSIONS]
+    meta = _json_or_empty(group.get(".json", b""))
     if not media:
+        if meta.get("status") not in (None, "success"):
+            return None  # a failed download (video2dataset keeps its metadata): counted once
         return Skip("missing_media", f"{path}: key {key} has no image or video member")
     ext = media[0]
-    meta = _json_or_empty(group.get(".json", b""))
     caption = group.get(".txt")
     if caption is None:
         caption = str(meta.get("caption") or "").encode()
     source = str(meta.get("url") or f"{os.path.basename(path)}/{key}")
-    return Item(key=key, source=source, kind=kind_of(ext) or "image",
+    return Item(key=key, source=source, kind=kind_of(key + ext) or "image",
                 segments=(Segment(caption),), media=group[ext])
 
 
