@@ -39,21 +39,18 @@ def get_provider(  # noqa: ANN201 - a seqio Task or Mixture
 ):
     """Looks up a registered seqio task or mixture; a one-line ConfigError if unknown.
 
-    A `jsonl:` manifest spec is registered first, at `resolution` and `num_frames`
-    (`data_name(config)` does that from the config and returns the task's name).
+    A `jsonl:` manifest or `prepared:` directory spec is registered first, at `resolution` and
+    `num_frames` (`data_name(config)` does that from the config and returns the task's name).
     """
-    if name.startswith(manifests.SPEC_PREFIX):
-        if resolution is None:
-            raise ConfigError(
-                f"config.data.name='{name}' needs config.data.resolution; look it up with "
-                "data_name(config)")
-        name = manifests.register_spec(name, resolution, num_frames)
-    elif name.startswith(prepared.SPEC_PREFIX):
-        if resolution is None:
-            raise ConfigError(
-                f"config.data.name='{name}' needs config.data.resolution; look it up with "
-                "data_name(config)")
-        name = prepared.register_spec(name, resolution, num_frames)
+    for prefix, register in ((manifests.SPEC_PREFIX, manifests.register_spec),
+                             (prepared.SPEC_PREFIX, prepared.register_spec)):
+        if name.startswith(prefix):
+            if resolution is None:
+                raise ConfigError(
+                    f"config.data.name='{name}' needs config.data.resolution; look it up with "
+                    "data_name(config)")
+            name = register(name, resolution, num_frames)
+            break
     try:
         return seqio.get_mixture_or_task(name)
     except (KeyError, ValueError) as e:
