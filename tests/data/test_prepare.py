@@ -262,3 +262,20 @@ def test_command_on_beams_multiprocess_runner_and_its_errors(tmp_path):
                           "--output", "not writable")
     assert_one_line_error(run_prepare(f"--input={tmp_path / 'nope.csv'}",
                                       f"--output={tmp_path / 'o3'}"), "--input", "not exist")
+
+
+def test_table_shards_read_only_their_rows(tmp_path):
+    from phenaki_jax.data.prepare import formats
+
+    car = rm.clip_path("carphone_pristine.mp4")
+    captions = ["one", "two,\nover two lines", 'three "quoted"', "four", "five"]
+    rm.write_webvid_csv(str(tmp_path / "w.csv"), [{"name": c, "contentUrl": car}
+                                                  for c in captions])
+    jsonl = tmp_path / "m.jsonl"
+    jsonl.write_text("".join(json.dumps({"video": car, "text": c}) + "\n" for c in captions))
+    for path in (tmp_path / "w.csv", jsonl):
+        shards, _ = formats.plan(str(path), 2)
+        assert [(s.start, s.stop) for s in shards] == [(0, 2), (2, 4), (4, 5)]
+        read = [item.segments[0].caption.decode() for s in shards
+                for item in formats.read_shard(s)]
+        assert read == captions, path

@@ -34,6 +34,8 @@ import os
 import tarfile
 from collections.abc import Iterator
 
+import numpy as np
+
 from phenaki_jax import storage
 from phenaki_jax.data import manifest_lines
 from phenaki_jax.data.media import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
@@ -50,12 +52,14 @@ class PrepareError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class InputShard:
-    """One unit of preparation: a tar, or rows [start, stop) of a table."""
+    """One unit of preparation: a tar, or rows [start, stop) of a table. In a text table
+    (CSV, JSONL) row `start` begins at byte `offset`, so a shard reads only its own rows."""
     name: str
     format: str
     path: str
     start: int = 0
     stop: int = 0
+    offset: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,8 +90,9 @@ class Skip:
     count: int = 1
 
 
-def kind_of(name: str) -> str | None:
-    ext = os.path.splitext(name)[1].lower()
+def kind_of(ext: str) -> str | None:
+    """"image", "video" or None for a file extension (with its dot)."""
+    ext = ext.lower()
     return "image" if ext in IMAGE_EXTENSIONS else "video" if ext in VIDEO_EXTENSIONS else None
 
 
@@ -142,23 +147,41 @@ def plan(path: str, rows_per_shard: int) -> tuple[list[InputShard], list[str]]:
             else:
                 unfinished.append(stem)
         return shards, unfinished
-    rows = _row_count(path, fmt)
     stem = os.path.splitext(os.path.basename(path))[0]
-    return [InputShard(f"{stem}-{i // rows_per_shard:05d}", fmt, path, i,
-                       min(i + rows_per_shard, rows))
-            for i in range(0, rows, rows_per_shard)], []
-
-
-def _row_count(path: str, fmt: str) -> int:
     if fmt == LAION:
         import pyarrow.parquet as pq
 
         with storage.open_file(path) as f:
-            return pq.ParquetFile(f).metadata.num_rows
-    if fmt == JSONL:
-        return len(manifest_lines.read_manifest(path))
+            rows = pq.ParquetFile(f).metadata.num_rows
+        starts = [(i, 0) for i in range(0, rows, rows_per_shard)]
+    else:
+        starts, rows = _text_shard_starts(path, rows_per_shard, fmt != JSONL)
+    return [InputShard(f"{stem}-{i // rows_per_shard:05d}", fmt, path, i,
+                       min(i + rows_per_shard, rows), offset) for i, offset in starts], []
+
+
+def _text_shard_starts(path: str, rows_per_shard: int, is_csv: bool
+                       ) -> tuple[list[tuple[int, int]], int]:
+    """One pass over a text table: (row, byte offset) of every `rows_per_shard`-th row, and the
+    row count. A CSV's header is not a row, and a row continues over line breaks inside
+    quotes (an odd number of quote characters so far); a JSONL row is a line."""
+    starts, rows, position, row_start, quoted, header = [], 0, 0, 0, False, is_csv
     with storage.open_file(path) as f:
-        return sum(1 for _ in csv.DictReader(io.TextIOWrapper(f, "utf-8", "replace", "")))
+        for line in f:
+            if not quoted:
+                row_start = position
+            position += len(line)
+            if is_csv and line.count(b'"') % 2:
+                quoted = not quoted
+            if quoted:
+                continue
+            if header:
+                header = False
+                continue
+            if rows % rows_per_shard == 0:
+                starts.append((rows, row_start))
+            rows += 1
+    return starts, rows
 
 
 def read_shard(shard: InputShard) -> Iterator[Item | Skip]:
@@ -222,7 +245,7 @@ def _tar_item(path: str, key: str, group: dict[str, bytes], seen: set[str]
     if caption is None:
         caption = str(meta.get("caption") or "").encode()
     source = str(meta.get("url") or f"{os.path.basename(path)}/{key}")
-    return Item(key=key, source=source, kind=kind_of(key + ext) or "image",
+    return Item(key=key, source=source, kind=kind_of(ext) or "image",
                 segments=(Segment(caption),), media=group[ext])
 
 
@@ -251,14 +274,21 @@ def _download_failures(tar_path: str) -> Iterator[Skip]:
         yield Skip("not_downloaded", f"{table}: {failed} samples failed to download", failed)
 
 
+def _shard_lines(shard: InputShard) -> Iterator[tuple[int, bytes]]:
+    """(row number, line) of a JSONL shard's rows, read from its byte offset on."""
+    with storage.open_file(shard.path) as f:
+        f.seek(shard.offset)
+        for n, line in zip(range(shard.start, shard.stop), f, strict=False):
+            yield n, line.rstrip(b"\r\n")
+
+
 def _read_jsonl(shard: InputShard) -> Iterator[Item | Skip]:
-    lines = manifest_lines.read_manifest(shard.path)
     folder = os.path.dirname(shard.path)
-    for n in range(shard.start, shard.stop):
-        if not lines[n].strip():
+    for n, line in _shard_lines(shard):
+        if not line.strip():
             continue
         try:
-            kind, path, text, context = manifest_lines.parse_line(lines[n], folder, 11)
+            kind, path, text, context = manifest_lines.parse_line(line, folder, 11)
         except manifest_lines.BadExample as e:
             yield Skip("empty_caption" if e.reason == "empty_text" else "malformed_row",
                        f"{shard.path}:{n + 1}: {e.detail}")
@@ -268,26 +298,34 @@ def _read_jsonl(shard: InputShard) -> Iterator[Item | Skip]:
 
 
 def _table_rows(shard: InputShard) -> Iterator[tuple[int, dict]]:
+    """(row number, row) of a table shard: a parquet's row groups holding its rows, or a
+    CSV's rows from the shard's byte offset on."""
     if shard.format == LAION:
         import pyarrow.parquet as pq
 
         with storage.open_file(shard.path) as f:
-            table = pq.read_table(f).slice(shard.start, shard.stop - shard.start)
+            parquet = pq.ParquetFile(f)
+            sizes = np.asarray([parquet.metadata.row_group(g).num_rows
+                                for g in range(parquet.metadata.num_row_groups)])
+            ends = np.cumsum(sizes)
+            begins = ends - sizes
+            groups = np.nonzero((ends > shard.start) & (begins < shard.stop))[0].tolist()
+            table = parquet.read_row_groups(groups).slice(
+                shard.start - int(begins[groups[0]]), shard.stop - shard.start)
         for i, row in enumerate(table.to_pylist()):
             yield shard.start + i, row
         return
+    header = _csv_header(shard.path)
     with storage.open_file(shard.path) as f:
-        reader = csv.DictReader(io.TextIOWrapper(f, "utf-8", "surrogateescape", ""))
-        for i, row in enumerate(reader):
-            if i >= shard.stop:
-                return
-            if i >= shard.start:
-                yield i, row
+        f.seek(shard.offset)
+        reader = csv.DictReader(io.TextIOWrapper(f, "utf-8", "surrogateescape", ""),
+                                fieldnames=header)
+        yield from zip(range(shard.start, shard.stop), reader, strict=False)
 
 
 def _local_media(folder: str, *candidates: str | None) -> str | None:
     for candidate in candidates:
-        if candidate and "://" not in candidate.replace("gs://", ""):
+        if candidate and (candidate.startswith("gs://") or "://" not in candidate):
             path = storage.join_under(folder, candidate)
             if storage.isfile(path):
                 return path
@@ -313,7 +351,8 @@ def _read_table(shard: InputShard) -> Iterator[Item | Skip]:
             caption = row.get("TEXT", row.get("caption", row.get("text")))
             path = _local_media(folder, url)
             key = str(row.get("key") or f"{n:09d}")
-            source, kind = str(url), kind_of(str(url)) or "image"
+            source = str(url)
+            kind = kind_of(os.path.splitext(source)[1]) or "image"
             segments = (Segment(_caption_bytes(caption)),)
         elif shard.format == WEBVID:
             vid, page = row.get("videoid") or "", row.get("page_dir") or ""
