@@ -12,6 +12,7 @@ from conftest import ROOT, assert_one_line_error, subprocess_env
 
 from phenaki_jax.data import records
 from phenaki_jax.data.prepare import examples, pipeline
+from phenaki_jax.data.prepare.formats import PrepareError
 from phenaki_jax.data.tf_quiet import tf
 from tests import real_media as rm
 
@@ -229,6 +230,9 @@ def test_rerun_skips_finished_shards_and_splits_hold_whole_sources(video_crawl, 
     assert report["shards"] == {"prepared": 0, "already_finished": 3, "unfinished_input": 1}
     assert report["kept"] == video_crawl["report"]["kept"]
     assert before == {p: os.path.getmtime(os.path.join(out, p)) for p in before}
+    # Other settings into the same directory would mix two preparations: refused.
+    with pytest.raises(PrepareError, match="prepared with stride=11, not 5"):
+        prepare(video_crawl["dir"] / "crawl", out, stride=5)
     # Half the sources held out: every source's windows land in one split.
     split = tmp_path / "split"
     prepare(video_crawl["dir"] / "crawl", split, validation_fraction=0.5)

@@ -16,6 +16,7 @@ then, once the pipeline has finished, the launcher reads every shard's stats and
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import sys
 import time
@@ -32,6 +33,7 @@ from phenaki_jax.data.prepare.formats import InputShard, PrepareError, Skip
 from phenaki_jax.data.stderr import captured_stderr
 
 STATS_DIR, CAPTIONS_DIR, CAPTIONS_FILE = "stats", "captions", "captions.txt"
+SETTINGS_FILE = "settings.json"
 _MARKER = "__shard__"
 _WARNING = "phenaki-prepare: shard"
 
@@ -91,18 +93,12 @@ def write_shard(element: tuple[str, Iterable[Any]], output: str) -> dict[str, An
     return stats
 
 
-def _read_all_stats(output: str) -> list[dict[str, Any]]:
-    folder = storage.join(output, STATS_DIR)
-    if not storage.isdir(folder):
-        return []
-    return [json.loads(p.read_text()) for p in sorted(storage.path(folder).iterdir())
-            if p.name.endswith(".json")]
-
-
-def finish(this_run: Sequence[dict[str, Any]], output: str, settings: ex.Settings,
-           source: str, unfinished: Sequence[str], already: int, began: float) -> dict:
-    """dataset.json (every finished shard, this run's and earlier ones) and report.json."""
-    every = _read_all_stats(output)
+def finish(output: str, shards: Sequence[str], prepared_now: Sequence[str],
+           settings: ex.Settings, source: str, unfinished: Sequence[str], began: float) -> dict:
+    """report.json, captions.txt and dataset.json of the input's `shards` (all finished:
+    `prepared_now` by this run, the others by earlier ones)."""
+    every = [json.loads(storage.read_text(stats_path(output, name))) for name in shards]
+    this_run = [s for s in every if s["shard"] in set(prepared_now)]
     splits: dict[str, dict[str, Any]] = {}
     kept: collections.Counter[str] = collections.Counter()
     skipped: collections.Counter[str] = collections.Counter()
@@ -122,7 +118,8 @@ def finish(this_run: Sequence[dict[str, Any]], output: str, settings: ex.Setting
     seconds = sum(s["source_seconds"] for s in this_run)
     cpu = sum(s["decode_cpu_seconds"] for s in this_run)
     report = {"kept": {k: kept.get(k, 0) for k in ex.KINDS}, "skipped": dict(skipped),
-              "shards": {"prepared": len(this_run), "already_finished": already,
+              "shards": {"prepared": len(this_run),
+                         "already_finished": len(every) - len(this_run),
                          "unfinished_input": len(unfinished)},
               "this_run": {"source_seconds": round(seconds, 3),
                            "decode_cpu_seconds": round(cpu, 3),
@@ -149,15 +146,26 @@ def finish(this_run: Sequence[dict[str, Any]], output: str, settings: ex.Setting
     return report
 
 
-def check_output(output: str) -> None:
-    """The output directory must be creatable and writable: checked before any work."""
-    probe = storage.join(output, ".phenaki-prepare-probe")
+def check_output(output: str, source: str, settings: ex.Settings) -> None:
+    """Before any work: the output directory must be writable, and a directory prepared
+    before (its finished shards are kept) must have been prepared from the same input with
+    the same settings (`SETTINGS_FILE`, written here on the first run)."""
+    path = storage.join(output, SETTINGS_FILE)
+    want = {"source": source, **dataclasses.asdict(settings)}
     try:
         storage.makedirs(storage.join(output, STATS_DIR))
-        storage.write_text(probe, "ok")
-        storage.path(probe).unlink()
+        if not storage.isfile(path):
+            storage.write_text(path, json.dumps(want, indent=1))
+            return
+        have = json.loads(storage.read_text(path))
     except (OSError, storage.StorageError) as e:
         raise PrepareError(f"--output={output} is not writable: {e}") from e
+    changed = sorted(k for k in want if have.get(k) != want[k])
+    if changed:
+        k = changed[0]
+        raise PrepareError(f"--output={output} was prepared with {k}={have.get(k)!r}, not "
+                           f"{want[k]!r}; use another --output (its finished shards are kept "
+                           "on a rerun)")
 
 
 def _local_runner(options: Any) -> Any:
@@ -176,7 +184,7 @@ def run(source: str, output: str, settings: ex.Settings, rows_per_shard: int,
         beam_args: Sequence[str]) -> dict[str, Any]:
     """Prepares `source` into `output` with Beam; returns the report."""
     began = time.time()
-    check_output(output)
+    check_output(output, source, settings)
     shards, unfinished = formats.plan(source, rows_per_shard)
     pending = [s for s in shards if not storage.isfile(stats_path(output, s.name))]
     if pending:
@@ -192,9 +200,8 @@ def run(source: str, output: str, settings: ex.Settings, rows_per_shard: int,
             if warning and warning not in shown and "Worker:" not in line:
                 shown.add(warning)
                 sys.stderr.write(warning + "\n")
-    stats = [json.loads(storage.read_text(stats_path(output, s.name))) for s in pending]
-    return finish(stats, output, settings, source, unfinished, len(shards) - len(pending),
-                  began)
+    return finish(output, [s.name for s in shards], [s.name for s in pending], settings, source,
+                  unfinished, began)
 
 
 def _run_beam(pending: Sequence[InputShard], output: str, settings: ex.Settings,
