@@ -23,7 +23,12 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
 
 class MediaError(ValueError):
-    """An unreadable, corrupt or unsuitable video or image; the message names the file."""
+    """An unreadable, corrupt or unsuitable video or image; the message names the file and
+    `reason` says which: "missing_media", "no_video_stream" or "unreadable_media"."""
+
+    def __init__(self, message: str, reason: str = "unreadable_media") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 def read_video(path: str, fps: float | None = FPS, max_frames: int | None = None,
@@ -31,7 +36,7 @@ def read_video(path: str, fps: float | None = FPS, max_frames: int | None = None
     """Decodes the video file `path` (local or gs://) to RGB uint8 [T, H, W, 3]; see
     `decode_video` for the resampling and the display corrections."""
     if not storage.isfile(path):
-        raise MediaError(f"video file not found: {path}")
+        raise MediaError(f"video file not found: {path}", "missing_media")
     with storage.local_copy(path) as local:
         return decode_video(local, fps=fps, max_frames=max_frames, size=size, name=path)
 
@@ -66,7 +71,7 @@ def decode_video(source: str | bytes, fps: float | None = FPS, max_frames: int |
         opened = av.open(io.BytesIO(source) if isinstance(source, bytes) else source)
         with opened as container:
             if not container.streams.video:
-                raise MediaError(f"{label} has no video stream")
+                raise MediaError(f"{label} has no video stream", "no_video_stream")
             stream = container.streams.video[0]
             ratio = stream.sample_aspect_ratio or stream.codec_context.sample_aspect_ratio
             sar = float(ratio) if ratio else 1.0
@@ -145,7 +150,7 @@ def read_image(path: str | bytes, name: str | None = None) -> np.ndarray:
 
     label = name or (path if isinstance(path, str) else "<image bytes>")
     if isinstance(path, str) and not storage.isfile(path):
-        raise MediaError(f"image file not found: {path}")
+        raise MediaError(f"image file not found: {path}", "missing_media")
     try:
         with (io.BytesIO(path) if isinstance(path, bytes) else storage.open_file(path)) as f, \
                 Image.open(f) as im:

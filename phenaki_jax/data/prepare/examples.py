@@ -14,11 +14,12 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import io
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 
@@ -101,22 +102,21 @@ def examples_of(item: Item, settings: Settings) -> Iterator[Kept | Skip | Decode
             image = media.read_image(item.media if item.media is not None else item.path,
                                      name=where)
         except media.MediaError as e:
-            yield Skip("missing_media" if "not found" in str(e) else "unreadable_media", str(e))
+            yield Skip(e.reason, str(e))
             return
         frame = media.center_crop_resize(image, settings.resolution)
         yield Decoded(0.0, time.process_time() - began)
         text = captions[0][0]
-        yield Kept(split, "image", item.key, _record([frame], text, 0, item, item.key,
-                                                     settings), text)
+        record = records.encode_example([jpeg(frame, settings.jpeg_quality)], text.encode(),
+                                        0, item.key.encode(), _source(item))
+        yield Kept(split, "image", item.key, record, text)
         return
     try:
         frames = (media.decode_video(item.media, fps=settings.fps, size=settings.resolution,
                                      name=where) if item.media is not None else
                   media.read_video(item.path, fps=settings.fps, size=settings.resolution))
     except media.MediaError as e:
-        reason = ("no_video_stream" if "no video stream" in str(e) else "missing_media"
-                  if "not found" in str(e) else "unreadable_media")
-        yield Skip(reason, str(e))
+        yield Skip(e.reason, str(e))
         return
     yield Decoded(len(frames) / settings.fps, time.process_time() - began)
     yield from _clips(item, frames, [t for t, _ in captions], split, settings)
@@ -133,6 +133,15 @@ def _clips(item: Item, frames: np.ndarray, texts: list[str | None], split: str,
            settings: Settings) -> Iterator[Kept | Skip]:
     n, c = settings.num_frames, settings.context_frames
     spans = [_span(s, len(frames), settings.fps) for s in item.segments]
+
+    @functools.cache
+    def encoded(i: int) -> bytes:  # a frame in several windows is encoded once
+        return jpeg(frames[i], settings.jpeg_quality)
+
+    def record(indices: Iterable[int], text: str, context: int, key: str) -> bytes:
+        return records.encode_example([encoded(i) for i in indices], text.encode(), context,
+                                      key.encode(), _source(item))
+
     for k, ((first, stop), text) in enumerate(zip(spans, texts, strict=True)):
         if text is None:
             continue
@@ -142,8 +151,8 @@ def _clips(item: Item, frames: np.ndarray, texts: list[str | None], split: str,
             continue
         for p in range(first, stop - n + 1, settings.stride):
             key = f"{item.key}/{k}/{p}"
-            yield Kept(split, "video", key, _record(frames[p:p + n], text, item.context_frames,
-                                                    item, key, settings), text)
+            yield Kept(split, "video", key, record(range(p, p + n), text, item.context_frames,
+                                                   key), text)
             if item.context_frames:  # a hand-made clip with context: its first window only
                 break
     for k in range(len(spans) - 1):
@@ -155,14 +164,10 @@ def _clips(item: Item, frames: np.ndarray, texts: list[str | None], split: str,
         if (text is None or texts[k] is None or not touching or stop_a - first_a < c
                 or stop_b - first_b < n - c):
             continue
-        clip = np.concatenate([frames[stop_a - c:stop_a], frames[first_b:first_b + n - c]])
         key = f"{item.key}/{k}+{k + 1}"
-        yield Kept(split, "continuation", key, _record(clip, text, c, item, key, settings),
-                   text)
+        clip = [*range(stop_a - c, stop_a), *range(first_b, first_b + n - c)]
+        yield Kept(split, "continuation", key, record(clip, text, c, key), text)
 
 
-def _record(frames: list[np.ndarray] | np.ndarray, text: str, context: int, item: Item,
-            key: str, settings: Settings) -> bytes:
-    return records.encode_example([jpeg(f, settings.jpeg_quality) for f in frames],
-                                  text.encode("utf-8"), context, key.encode(),
-                                  item.source.encode("utf-8", "replace"))
+def _source(item: Item) -> bytes:
+    return item.source.encode("utf-8", "replace")
