@@ -176,9 +176,13 @@ class PreparedSource(seqio.DataSource):
 
     def _in_order(self, sizes: list[int], index: int, count: int, num_epochs: int,
                   start: int) -> tf.data.Dataset:
-        pairs = np.asarray([(s, r) for s, n in enumerate(sizes) for r in range(n)], np.int64)
-        mine = pairs[index::count][start:]
-        ds = tf.data.Dataset.from_tensor_slices((mine[:, 0], mine[:, 1]))
+        ends = tf.constant(np.cumsum(sizes), tf.int64)  # record g of all directories in order
+
+        def locate(g: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            source = tf.searchsorted(ends, g[None], side="right", out_type=tf.int64)[0]
+            return source, g - tf.concat([[0], ends], 0)[source]
+
+        ds = tf.data.Dataset.range(index + start * count, sum(sizes), count).map(locate)
         return ds.repeat(num_epochs) if num_epochs != 1 else ds
 
     def _decode(self, pairs: tf.data.Dataset, split: str) -> tf.data.Dataset:

@@ -97,3 +97,16 @@ def test_prepared_crawls_train_both_stages_and_tell_a_story(prepared, tmp_path):
             f"--output={tmp_path / 's.mp4'}", check=True)
     story = np.load(tmp_path / "s.npy")
     assert story.ndim == 4 and story.shape[1:] == (R, R, 3) and story.shape[0] > 11
+
+
+def test_a_finite_read_gives_every_record_once(prepared):
+    mix = (f"prepared:{prepared / 'videos_prepared'}=0.5,"
+           f"{prepared / 'images_prepared'}=0.5")
+    info = [json.load(open(prepared / d / "dataset.json")) for d in ("videos_prepared",
+                                                                      "images_prepared")]
+    total = sum(i["splits"]["train"]["records"] for i in info)
+    got = input_pipeline.split_examples(config_for(mix), "train", 1000)
+    assert len(got["text"]) == total
+    rows = {(t, f.tobytes()) for t, f in zip(got["text"], got["frames"], strict=True)}
+    assert len(rows) == total
+    assert got["is_image"].sum() == info[1]["splits"]["train"]["records"]
