@@ -250,3 +250,31 @@ def test_embed_reads_a_t5_from_the_bucket_and_writes_a_sharded_cache_there(gcs, 
             for p, e in zip(npz["prompts"], npz["embeddings"], strict=True):
                 np.testing.assert_allclose(e, expected.pop(str(p)), rtol=1e-5, atol=1e-6)
     assert not expected  # every caption is in exactly one shard
+
+
+def test_prepare_writes_into_the_bucket_and_training_reads_from_it(gcs, tmp_path):
+    # phenaki-prepare (its command, Beam in one process) writes a prepared set into the bucket;
+    # the input pipeline reads it from there and yields what the same set read locally does.
+    from conftest import load_config
+
+    from phenaki_jax.data import pipeline
+    from tests import real_media as rm
+
+    env, bucket = gcs
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(json.dumps({"video": rm.clip_path("carphone_pristine.mp4"),
+                                    "text": "a man talks in a car"}) + "\n")
+    args = [f"--input={manifest}", "--resolution=32", "--direct_running_mode=in_memory",
+            "--direct_num_workers=1"]
+    run_cli("cli.prepare", *args, f"--output=gs://{BUCKET}/prepared", env=env, check=True)
+    run_cli("cli.prepare", *args, f"--output={tmp_path / 'local'}", check=True)
+    assert "prepared/dataset.json" in names(bucket, "prepared/")
+    batches = {}
+    for where in (f"gs://{BUCKET}/prepared", str(tmp_path / "local")):
+        c = load_config("cvivit")
+        c.data.name, c.data.resolution, c.batch_size = f"prepared:{where}", 32, 2
+        c.data.image_batch_size = 0
+        batches[where] = next(pipeline.host_batches(c, "train", start_batch=1))
+    remote, local = batches.values()
+    np.testing.assert_array_equal(remote["frames"], local["frames"])
+    assert list(remote["text"]) == list(local["text"]) == [b"a man talks in a car"] * 2
