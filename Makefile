@@ -4,6 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO := runs/demo
+CHROMIUM := /usr/bin/chromium
 
 .PHONY: install test lint demo clean
 
@@ -17,6 +18,12 @@ $(STAMP): setup.py requirements.lock
 	$(PY) -m pip install -q --no-deps scikit-image==0.26.0
 	touch $(STAMP)
 
+# Debian's chromium, which the story editor's browser test drives (a browser is never
+# downloaded at run time); as root, or through sudo.
+$(CHROMIUM):
+	SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium >/dev/null
+
 install: $(STAMP)
 
 # ruff, and the import contract of .importlinter (arrows point down, no cycles).
@@ -29,7 +36,7 @@ lint: $(STAMP)
 # time (module fixtures are built once): much of a test's time is single-threaded (imports,
 # XLA compilation, checkpoint I/O), so two keep both cores busy. The modules run in the order
 # tests/conftest.py gives them (heaviest first), not xdist's most-tests-first.
-test: $(STAMP) lint
+test: $(STAMP) $(CHROMIUM) lint
 	GLIBC_TUNABLES=$${GLIBC_TUNABLES:+$$GLIBC_TUNABLES:}glibc.malloc.hugetlb=1 \
 		$(PY) -m pytest -q -x -n 2 --dist loadscope --no-loadscope-reorder --durations=15 tests
 

@@ -11,6 +11,7 @@ setup(
     version="0.1.0",
     description="Phenaki (C-ViViT tokenizer + masked video transformer) in JAX/Flax",
     packages=find_packages(include=["phenaki_jax", "phenaki_jax.*", "configs"]),
+    package_data={"phenaki_jax.server": ["page.html"]},
     python_requires=">=3.10",
     install_requires=[
         "jax==0.10.2",
@@ -45,11 +46,17 @@ setup(
         "gcsfs==2026.7.0",
         "tensorboardX==2.6.5",
         "tqdm==4.70.1",
+        # phenaki-serve, the story editor.
+        "fastapi==0.165.0",
+        "uvicorn==0.55.0",
+        "python-multipart==0.0.34",
     ],
     extras_require={"test": ["pytest==9.2.0", "pytest-xdist==3.8.0", "ruff==0.17.6",
                              "import-linter==2.17",
                              # A local GCS server for the gs:// tests.
-                             "gcp-storage-emulator==2026.7.19"]},
+                             "gcp-storage-emulator==2026.7.19",
+                             # Drives Debian's chromium (never a downloaded browser).
+                             "playwright==1.65.3"]},
     entry_points={
         "console_scripts": [
             "phenaki-train=phenaki_jax.cli.train:run",
@@ -61,6 +68,7 @@ setup(
             "phenaki-demo=phenaki_jax.cli.demo:run",
             "phenaki-plan=phenaki_jax.cli.plan:run",
             "phenaki-prepare=phenaki_jax.cli.prepare:run",
+            "phenaki-serve=phenaki_jax.cli.serve:run",
         ]
     },
 )

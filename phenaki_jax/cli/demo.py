@@ -235,7 +235,9 @@ def main(argv: Sequence[str]) -> None:
         f"{st['image_to_video_frame0_psnr_db']} dB)\n"
         f"  evaluation:  {os.path.join(root, 'eval', 'eval_report.json')} and eval_sheet.png\n"
         f"  tokenizer:   {os.path.join(root, 'reconstructions.mp4')} and .png\n"
-        f"  report:      {os.path.join(root, 'report.json')}\n")
+        f"  report:      {os.path.join(root, 'report.json')}\n"
+        f"  editor:      .venv/bin/phenaki-serve --workdir={tr_dir} "
+        f"--output_dir={os.path.join(root, 'editor')}  (then open http://127.0.0.1:8080/)\n")
 
 
 def run() -> None:

@@ -150,32 +150,41 @@ class StoryDecoder:
 
     # -- generation -----------------------------------------------------------------------
     def generate(self, stories: Sequence[Story],
-                 choose_prompt: Callable[[Story, int, np.ndarray], str] | None = None
-                 ) -> list[Result]:
+                 choose_prompt: Callable[[Story, int, np.ndarray], str] | None = None,
+                 on_segment: Callable[[int, int], None] | None = None) -> list[Result]:
         """Generates every story, `batch_size` at a time (stories of any lengths batch).
 
         `choose_prompt(story, k, frames)`, if given, is asked for prompt k >= 1 of a story
         once its frames so far (uint8 [T, R, R, 3]) exist, as a storyteller who watches the
         video would; it gets the story with its planned prompts and returns the one to use.
         A story's kept segments are not generated again: it goes on from their last frames
-        exactly as a story generated whole would.
+        exactly as a story generated whole would. `on_segment(done, total)`, if given, hears
+        of every finished round of segments (as the terminal's progress bar does).
         """
         fresh = [s for s in stories if s.kept is None]
         contexts = {s.id: self.load_image(s.image)[None] for s in fresh if s.image}
         contexts.update({s.id: self.load_video(s.video) for s in fresh if s.video})
         todo = sum(len(s.prompts) - (len(s.kept.segments) if s.kept else 0) for s in stories)
-        results = []
+        results, done = [], 0
         with tqdm.tqdm(total=todo, unit="segment", desc="story", leave=False,
                        disable=not sys.stderr.isatty()) as progress:
+
+            def advance(segments: int) -> None:
+                nonlocal done
+                done += segments
+                progress.update(segments)
+                if on_segment is not None:
+                    on_segment(done, todo)
+
             for start in range(0, len(stories), self.batch_size):
                 batch = [dataclasses.replace(s, prompts=list(s.prompts))
                          for s in stories[start:start + self.batch_size]]
-                results.extend(self._generate_batch(batch, contexts, choose_prompt, progress))
+                results.extend(self._generate_batch(batch, contexts, choose_prompt, advance))
         return results
 
     def _generate_batch(self, stories: list[Story], contexts: dict[str, np.ndarray],
                         choose_prompt: Callable[[Story, int, np.ndarray], str] | None,
-                        progress: tqdm.tqdm) -> list[Result]:
+                        advance: Callable[[int], None]) -> list[Result]:
         b, (t, h, w) = self.batch_size, self.grid
         r, k, kt = self.resolution, self.cond_frames, self.cond_token_frames
         n = len(stories)
@@ -234,7 +243,7 @@ class StoryDecoder:
                 ids_of[i].append(ids[i])
                 seeds_of[i].append(stories[i].seed)
                 timing[i].append(dt)
-            progress.update(len(active))
+            advance(len(active))
             logging.info("prompt %d/%d of %d stor%s done in %.2f s", rnd + 1, rounds,
                          len(active), "y" if len(active) == 1 else "ies", dt)
         return [Result(stories[i], videos[i], segments[i], timing[i], ids_of[i], seeds_of[i])
