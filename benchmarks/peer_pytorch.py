@@ -135,7 +135,25 @@ def build_cvivit(args: argparse.Namespace, torch, peer):
         raise SystemExit(f"--frames must be 1 + {TEMPORAL_PATCH}k, got {args.frames}")
     if args.width % args.heads:
         raise SystemExit("--width must be divisible by --heads")
-    model = peer.CViViT(
+    model = make_cvivit(args, peer)
+    model.train()
+    opt = _optimizer(model)
+    shape = (args.batch, 3, args.frames, args.resolution, args.resolution)
+    video = torch.rand(shape)
+
+    def step() -> float:
+        loss = model(video)  # reconstruction MSE only (use_vgg_and_gan=False)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return float(loss.detach())
+
+    return model, step, cvivit_config(args)
+
+
+def make_cvivit(args: argparse.Namespace, peer):
+    """The peer's CViViT at the sizes in `args` (no VGG loss, no GAN, plain VQ)."""
+    return peer.CViViT(
         dim=args.width,
         codebook_size=args.codebook,
         image_size=args.resolution,
@@ -149,19 +167,10 @@ def build_cvivit(args: argparse.Namespace, torch, peer):
         use_vgg_and_gan=False,
         lookup_free_quantization=False,
     )
-    model.train()
-    opt = _optimizer(model)
-    shape = (args.batch, 3, args.frames, args.resolution, args.resolution)
-    video = torch.rand(shape)
 
-    def step() -> float:
-        loss = model(video)  # reconstruction MSE only (use_vgg_and_gan=False)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        return float(loss.detach())
 
-    config = {
+def cvivit_config(args: argparse.Namespace) -> dict:
+    return {
         "resolution": args.resolution,
         "patch": args.patch,
         "temporal_patch": TEMPORAL_PATCH,
@@ -177,7 +186,6 @@ def build_cvivit(args: argparse.Namespace, torch, peer):
         "quantizer": "VectorQuantize(use_cosine_sim=True), LFQ off",
         "losses": "recon MSE only (no VGG, no GAN)",
     }
-    return model, step, config
 
 
 def build_maskgit(args: argparse.Namespace, torch, peer):

@@ -31,8 +31,9 @@ _NUM_FRAMES = flags.DEFINE_integer("num_frames", 11, "Frames per clip (11 = 1.4 
 _CONTEXT = flags.DEFINE_integer("context_frames", 5,
                                 "Frames a continuation clip takes from the segment before.")
 _STRIDE = flags.DEFINE_integer("stride", 11, "Frames between the starts of a video's windows.")
-_VALIDATION = flags.DEFINE_float("validation_fraction", 0.05,
-                                 "Fraction of sources (videos, images) held out for validation.")
+_VALIDATION = flags.DEFINE_float(
+    "validation_fraction", 0.05,
+    "Fraction of sources (videos, images) held out for validation (1: an evaluation-only set).")
 _QUALITY = flags.DEFINE_integer("jpeg_quality", 95, "JPEG quality of the stored frames.")
 _ROWS = flags.DEFINE_integer("rows_per_shard", 1000, "Table rows per output shard.")
 
@@ -48,8 +49,8 @@ def _check() -> None:
             raise UsageError(f"--{name}={value} must be at least {low}")
     if not 0 < _CONTEXT.value < _NUM_FRAMES.value:
         raise UsageError(f"--context_frames={_CONTEXT.value} must be in [1, --num_frames)")
-    if not 0.0 <= _VALIDATION.value < 1.0:
-        raise UsageError(f"--validation_fraction={_VALIDATION.value} must be in [0, 1)")
+    if not 0.0 <= _VALIDATION.value <= 1.0:
+        raise UsageError(f"--validation_fraction={_VALIDATION.value} must be in [0, 1]")
     if not 1 <= _QUALITY.value <= 100:
         raise UsageError(f"--jpeg_quality={_QUALITY.value} must be in [1, 100]")
 

@@ -143,7 +143,8 @@ def _validate_common(config: Config) -> None:
             f"config.data.num_frames must be 1 + 2k (first frame alone, then 2-frame tubelets), "
             f"got {config.data.num_frames}")
     if not isinstance(config.data.name, str) or not config.data.name:
-        raise ConfigError("config.data.name must name a seqio task or mixture")
+        raise ConfigError("config.data.name must name a data set: a seqio task or mixture, "
+                          "prepared:DIR or jsonl:...")
 
 
 def _validate_mesh(config: Config, num_devices: int) -> None:

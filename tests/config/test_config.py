@@ -30,6 +30,22 @@ def test_cvivit_variants_have_canonical_fields_and_validate(variant):
     validation.validate(c, num_devices=1)
 
 
+def test_the_real_video_recipe_has_the_compared_budget_and_needs_a_data_set():
+    """configs/cvivit_real.py: the budget and sizes its comparison with the peer names (600
+    steps, batch 8, width 256, 2 + 2 layers, 4 heads, patch 8, codebook 1024, global
+    attention, 64 px), and no default data: a real set must be named."""
+    c = load_config("cvivit_real", "")
+    m = c.model
+    assert (c.total_steps, c.batch_size, c.data.resolution, c.data.image_batch_size) == (
+        600, 8, 64, 0)
+    assert (m.width, m.spatial_layers, m.temporal_layers, m.num_heads, m.patch_size,
+            m.codebook_size, m.encoder_window) == (256, 2, 2, 4, 8, 1024, -1)
+    with pytest.raises(ConfigError, match="config.data.name must name a data set"):
+        validation.validate(c, num_devices=1)
+    c.data.name = "prepared:/d/real64"
+    validation.validate(c, num_devices=1)
+
+
 def test_paper_variant_matches_paper_sizes():
     m = load_config("cvivit", "variant=paper").model
     assert (m.width, m.spatial_layers, m.temporal_layers, m.num_heads, m.mlp_dim) == (

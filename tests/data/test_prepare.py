@@ -241,6 +241,15 @@ def test_rerun_skips_finished_shards_and_splits_hold_whole_sources(video_crawl, 
     assert train and validation and not train & validation
 
 
+def test_a_validation_fraction_of_one_holds_out_every_source():
+    """--validation_fraction=1 prepares an evaluation-only set; 0 holds out nothing."""
+    sources = [f"crawl/{i:05d}.mp4" for i in range(2000)]
+    assert {examples.split_of(s, 1.0) for s in sources} == {examples.VALIDATION}
+    assert {examples.split_of(s, 0.0) for s in sources} == {examples.TRAIN}
+    held = sum(examples.split_of(s, 0.25) == examples.VALIDATION for s in sources)
+    assert 400 < held < 600  # a hash, not a rule: about a quarter
+
+
 def run_prepare(*args):
     return subprocess.run([sys.executable, "-m", "phenaki_jax.cli.prepare", *args], cwd=ROOT,
                           env=subprocess_env(), capture_output=True, text=True, timeout=300)

@@ -60,6 +60,8 @@ class Decoded:
 
 def split_of(source: str, validation_fraction: float) -> str:
     """TRAIN or VALIDATION by a hash of the source's name: stable across runs and machines."""
+    if validation_fraction >= 1.0:  # 2**64 - 1 rounds to 2**64 in a float
+        return VALIDATION
     h = int.from_bytes(hashlib.sha256(source.encode("utf-8", "replace")).digest()[:8], "big")
     return VALIDATION if h / 2.0**64 < validation_fraction else TRAIN
 
