@@ -223,6 +223,14 @@ MODULE_ORDER = [
     "test_story.py",  # 100 s, and the micro models
     "test_gcs.py",  # 110 s, and the micro transformer
     "test_plan.py",  # the TPU compiler
+    # Unlisted modules run last, in path order: the long ones are placed here instead, so that
+    # neither worker is left with a long module while the other has nothing to do.
+    "test_i3d.py",  # I3D at 224 px: FVD and the network's checks
+    "test_real_video.py",  # 49 s: phenaki-eval on real clips
+    "test_editor.py",  # the editor's server and browser
+    "test_prepare.py",
+    "test_real_media.py",
+    "test_benchmarks.py",
     "test_prepared_training.py",  # 45 s: prepare, train both stages, story
     "test_cvivit_losses.py",  # 85 s
     "test_cvivit.py",  # 76 s
