@@ -146,9 +146,8 @@ def main() -> None:
     if not args.skip_peer:
         held_out, _ = real_video.validation_clips(config, f"prepared:{eval_dir}",
                                                   args.max_eval_clips)
-        train_config = parsing.load_config_file(os.path.join(ROOT, CONFIG))
-        train_config.data.name = f"prepared:{train_dir}"
-        train_clips = pipeline.split_examples(train_config, "train", 1_000_000)["frames"]
+        config.data.name = f"prepared:{train_dir}"
+        train_clips = pipeline.split_examples(config, "train", 1_000_000)["frames"]
         paths = {k: os.path.join(wd, f"peer_{k}.npy") for k in ("train", "eval", "recon")}
         np.save(paths["train"], train_clips)
         np.save(paths["eval"], held_out)

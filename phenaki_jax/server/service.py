@@ -16,7 +16,6 @@ import os
 import queue
 import re
 import threading
-import time
 import traceback
 import uuid
 from typing import Any
@@ -69,7 +68,6 @@ class Job:
     done: int = 0
     total: int = 0
     error: str | None = None
-    created: float = dataclasses.field(default_factory=time.time)
 
     def as_dict(self) -> dict[str, Any]:
         return {"id": self.id, "story": self.story_id, "state": self.state, "done": self.done,
@@ -202,8 +200,8 @@ class StoryService:
                                        f"segment {i + 1}")
 
     def submit(self, request: StoryRequest) -> Job:
-        """Checks the request, then queues it; 429 when the queue is full."""
-        self.check(request)
+        """Queues a request that `check` has passed (uploads stored after it); 429 when the
+        queue is full."""
         with self._lock:
             waiting = sum(j.state in ("queued", "running") for j in self.jobs.values())
             if waiting >= self.max_queued:
