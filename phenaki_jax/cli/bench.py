@@ -10,6 +10,8 @@ the float32 matmul throughput of this very process, not a datasheet.
 from __future__ import annotations
 
 import json
+import os
+import platform
 import resource
 import statistics
 import sys
@@ -46,6 +48,35 @@ def matmul_peak_flops(n: int = 2048, repeats: int = 5) -> float:
         f(a, b).block_until_ready()
         times.append(time.perf_counter() - t0)
     return 2.0 * n ** 3 / min(times)
+
+
+# The instruction sets that decide XLA's CPU kernels (and so a step's speed on an x86 machine).
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_bf16", "avx512_fp16", "amx_tile",
+             "amx_bf16")
+# The float32 matmul rate that the demo's time budget is stated at (see `machine_report`).
+REFERENCE_MATMUL_FLOPS = 200e9
+
+
+def machine_report(matmul_flops: float | None = None) -> dict[str, Any]:
+    """What the numbers of this process were measured on: CPU model, cores, the instruction
+    sets XLA uses, and this process's measured float32 matmul rate (the reference workload:
+    a time measured here scales to another machine by the ratio of these rates)."""
+    model, flags_ = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    model = value.strip()
+                elif key.strip() == "flags":
+                    flags_ = set(value.split())
+                    break
+    except OSError:  # not Linux: the model from `platform` and no flags
+        pass
+    rate = matmul_peak_flops() if matmul_flops is None else matmul_flops
+    return {"cpu": model, "cores": len(os.sched_getaffinity(0)),
+            "isa": [f for f in ISA_FLAGS if f in flags_],
+            "matmul_float32_gflops": round(rate / 1e9, 1)}
 
 
 def count_params(tree: Any) -> int:

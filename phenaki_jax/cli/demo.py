@@ -181,12 +181,14 @@ def main(argv: Sequence[str]) -> None:
     from absl import logging
 
     from phenaki_jax import storage
+    from phenaki_jax.cli import bench
     from phenaki_jax.evaluation.adherence import EvalPlan, evaluate
     from phenaki_jax.inference.story import StoryDecoder
     from phenaki_jax.train import loop
 
     logging.set_verbosity(logging.INFO)
     start = time.time()
+    rate_before = bench.matmul_peak_flops()  # the reference workload, before and after
     root = storage.resolve(_WORKDIR.value)  # local or gs://
     tok_dir = os.path.join(root, "tokenizer")
     tr_dir = os.path.join(root, "transformer")
@@ -211,10 +213,23 @@ def main(argv: Sequence[str]) -> None:
     report["evaluation"] = {**ev["summary"], "seconds": round(time.time() - t0, 1),
                             "seconds_per_prompt_round": ev["seconds_per_prompt_round"]}
     report["demo_wall_s"] = round(time.time() - start, 1)
+    # The machine's speed drifts during a run (up to 2x from day to day): the reference is the
+    # mean of the matmul rate measured before and after, and the demo's time is also stated as
+    # it would be on a machine whose float32 matmul runs at the budget's 200 GFLOP/s.
+    rate = (rate_before + bench.matmul_peak_flops()) / 2
+    report["machine"] = {**bench.machine_report(rate),
+                         "matmul_float32_gflops_before": round(rate_before / 1e9, 1)}
+    report["demo_wall_s_at_reference_matmul"] = round(
+        report["demo_wall_s"] * rate / bench.REFERENCE_MATMUL_FLOPS, 1)
     storage.write_text(os.path.join(root, "report.json"), json.dumps(report, indent=2))
     tok, tr, st, e = report["tokenizer"], report["transformer"], report["story"], ev["summary"]
+    m = report["machine"]
     sys.stdout.write(
-        f"\nphenaki demo ({report['demo_wall_s']:.0f} s after install)\n"
+        f"\nphenaki demo ({report['demo_wall_s']:.0f} s after install; on this machine float32 "
+        f"matmul ran at {m['matmul_float32_gflops']:.0f} GFLOP/s, so "
+        f"{report['demo_wall_s_at_reference_matmul']:.0f} s at "
+        f"{bench.REFERENCE_MATMUL_FLOPS / 1e9:.0f} GFLOP/s)\n"
+        f"  machine:     {m['cpu']}, {m['cores']} cores, {' '.join(m['isa'])}\n"
         f"  tokenizer:   {tok['train_steps']} steps in {tok['train_wall_s']} s; PSNR "
         f"{tok['psnr_test_mean_db']:.2f} dB on unseen test clips, "
         f"{tok['psnr_held_out_compositions_mean_db']:.2f} dB on held-out compositions\n"
