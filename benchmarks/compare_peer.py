@@ -12,8 +12,20 @@ them), and prints one JSON line per size with both step times, the speed
 ratio (peer_s / ours_s), our MFU, our FLOPs per step and the float32 matmul peak measured in
 our process. `benchmarks/setup_peer.sh` creates the peer's separate virtual environment.
 
-cvivit (tokenizer): our step = forward, backward, AdamW, quantizer updates; the peer's CViViT
-step = reconstruction loss only, LFQ off, AdamW.
+The first line printed is the machine (CPU model, cores, the instruction sets XLA's kernels
+use, and the float32 matmul rate measured then): speeds hold for the machine they name.
+
+cvivit (tokenizer): the same model on both sides: every encoder and decoder layer attends
+globally over its axis (ours with `model.encoder_window=-1`, the paper's and the peer's
+encoder; the tiny variant's default 0 attends to each token itself only, a cheaper model), causal
+in time; videos only, no EMA of the weights. Our step = forward, backward, AdamW, and the
+quantizer's commitment loss and code-usage statistics; the peer's CViViT step =
+reconstruction loss only (its VQ commitment loss is dropped), LFQ off, AdamW. What still
+differs: positions (ours learned embeddings; the peer's an MLP position bias over all spatial
+token pairs, ALiBi in time and a depthwise-conv PEG per temporal block), the feed-forward
+(ours GELU at 4 * width; the peer's GEGLU, the same FLOPs to 0.1%), the peer's cosine-sim
+attention, and the quantizer (ours factorised into 32 dimensions, l2-normalised; the peer's
+cosine-sim VQ at full width with an EMA codebook).
 
 maskgit (transformer): both steps = mask a random subset of the token ids (cosine schedule),
 forward with cross-attention to given random text embeddings [B, 16, text_dim], cross-entropy
@@ -49,6 +61,7 @@ import subprocess
 import sys
 
 from phenaki_jax.cli import common as cli
+from phenaki_jax.cli.bench import machine_report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -73,7 +86,8 @@ def _run(args: list[str], huge_pages: bool = False) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def ours(size: dict, steps: int) -> dict:
+def ours_args(size: dict, steps: int) -> list[str]:
+    """`phenaki-bench`'s command line for our tokenizer step at `size`."""
     name = {32: "shapes_world_videos_mix_32", 64: "shapes_world_videos_mix_64"}[size["resolution"]]
     args = [sys.executable, "-m", "phenaki_jax.bench", "--config=configs/cvivit.py:variant=tiny",
             f"--steps={steps}", f"--config.data.resolution={size['resolution']}",
@@ -85,9 +99,14 @@ def ours(size: dict, steps: int) -> dict:
             f"--config.model.num_heads={size['heads']}",
             f"--config.model.codebook_size={size['codebook']}",
             f"--config.batch_size={size['batch']}",
-            # the peer's step: videos only, no EMA of the weights
+            # the peer's model and step: global attention, videos only, no EMA of the weights
+            "--config.model.encoder_window=-1",
             "--config.data.image_batch_size=0", "--config.ema_decay=0"]
-    return _run(args)
+    return args
+
+
+def ours(size: dict, steps: int) -> dict:
+    return _run(ours_args(size, steps))
 
 
 def peer(size: dict, steps: int, python: str, huge_pages: bool = False) -> dict:
@@ -100,7 +119,8 @@ def peer(size: dict, steps: int, python: str, huge_pages: bool = False) -> dict:
     return _run(args, huge_pages)
 
 
-def ours_maskgit(size: dict, steps: int) -> dict:
+def ours_maskgit_args(size: dict, steps: int) -> list[str]:
+    """`phenaki-bench`'s command line for our transformer step at `size`."""
     t, h, w = size["grid"]
     args = [sys.executable, "-m", "phenaki_jax.bench", "--config=configs/maskgit.py:variant=tiny",
             f"--steps={steps}", "--config.text.encoder=t5",  # bench: random given embeddings
@@ -114,8 +134,12 @@ def ours_maskgit(size: dict, steps: int) -> dict:
             f"--config.model.mlp_dim={4 * size['width']}",
             "--config.model.dtype=float32",
             f"--config.batch_size={size['batch']}",
-            "--config.data.image_batch_size=0"]  # the peer's step has videos only
-    return _run(args)
+            "--config.data.image_fraction=0"]  # the peer's step has videos only
+    return args
+
+
+def ours_maskgit(size: dict, steps: int) -> dict:
+    return _run(ours_maskgit_args(size, steps))
 
 
 def peer_maskgit(size: dict, steps: int, python: str, huge_pages: bool = False) -> dict:
@@ -145,6 +169,8 @@ def main() -> None:
     p.add_argument("--peer_huge_pages", action="store_true",
                    help="also time the peer with glibc's heap on huge pages, as ours runs")
     args = p.parse_args()
+    os.environ.update(cli.platforms_env(os.environ) or {})  # before JAX starts: no TPU probe
+    print(json.dumps({"machine": machine_report()}), flush=True)
     stages = [("cvivit", SIZES, ours, peer), ("maskgit", MASKGIT_SIZES, ours_maskgit, peer_maskgit)]
     for stage, sizes, ours_step, peer_step in stages:
         if args.stage not in (stage, "all"):

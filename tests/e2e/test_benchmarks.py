@@ -50,3 +50,23 @@ def test_error_shares_split_background_lit_and_dark_channels():
     np.testing.assert_allclose([shares["background"], shares["object_lit_channels"],
                                 shares["object_dark_channels"]],
                                [900 / 1400, 100 / 1400, 400 / 1400])
+
+
+def test_the_peer_comparison_runs_configs_that_exist():
+    """Every command line benchmarks/compare_peer.py gives phenaki-bench names only config
+    fields that exist (a renamed field would end the comparison half way), and the tokenizer
+    runs the peer's model: global attention, videos only."""
+    from phenaki_jax.cli import common as cli
+
+    path = os.path.join(ROOT, "benchmarks", "compare_peer.py")
+    spec = importlib.util.spec_from_file_location("compare_peer", path)
+    compare = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(compare)
+    lines = ([compare.ours_args(s, 1) for s in compare.SIZES]
+             + [compare.ours_maskgit_args(s, 1) for s in compare.MASKGIT_SIZES])
+    for args in lines:
+        assert args[1:3] == ["-m", "phenaki_jax.bench"]
+        assert cli.unknown_override(args[3:]) is None, args
+    for args in lines[:len(compare.SIZES)]:
+        assert "--config.model.encoder_window=-1" in args
+        assert "--config.data.image_batch_size=0" in args
