@@ -70,3 +70,16 @@ def test_the_peer_comparison_runs_configs_that_exist():
     for args in lines[:len(compare.SIZES)]:
         assert "--config.model.encoder_window=-1" in args
         assert "--config.data.image_batch_size=0" in args
+
+
+def test_the_continuity_spread_is_min_and_max_of_every_shared_number():
+    path = os.path.join(ROOT, "benchmarks", "story_continuity.py")
+    spec = importlib.util.spec_from_file_location("story_continuity", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rows = [{"workdir": "a", "watching": {"breaks": 3, "by_place": {"seam": {"breaks": 2}}},
+             "targets": {"ok": True}, "only_here": 1.0},
+            {"workdir": "b", "watching": {"breaks": 7, "by_place": {"seam": {"breaks": 1}}},
+             "targets": {"ok": False}}]
+    assert bench.spread(rows) == {"watching.breaks": {"min": 3, "max": 7},
+                                  "watching.by_place.seam.breaks": {"min": 1, "max": 2}}
