@@ -83,7 +83,9 @@ def measure(workdir: str, args: SimpleNamespace) -> dict:
                 seed=args.seed))["summary"]
             out["targets"][f"{length}_prompt_stories"] = {
                 **{k: summary[k] for k in TARGETS},
-                "every_target_with_margin": all(summary[k] >= v + MARGIN
+                # Rates are counts over 60 or 30: compared to the margin in whole-percent
+                # steps, so that 0.85 meets 0.80 + 0.05 despite float rounding.
+                "every_target_with_margin": all(summary[k] >= v + MARGIN - 1e-9
                                                 for k, v in TARGETS.items())}
     return out
 
