@@ -74,8 +74,8 @@ def measure(workdir: str, args: SimpleNamespace) -> dict:
                      "seconds": round(time.time() - t0, 1)}
     if args.targets:
         out["targets"] = {}
+        decoder = StoryDecoder(workdir, batch_size=16)  # phenaki-eval's batch
         for length in (3, 4):
-            decoder = StoryDecoder(workdir, batch_size=16)
             directory = os.path.join(args.output_dir, workdir.strip("/").replace("/", "_"),
                                      f"eval_{length}")
             summary = evaluate(decoder, directory, EvalPlan(

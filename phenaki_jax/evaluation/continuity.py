@@ -45,7 +45,10 @@ def step_places(segments: Sequence[dict], cond_frames: int) -> list[str]:
 
 def breaks(frames: np.ndarray, resolution: int) -> list[bool]:
     """For each frame step of `frames` (uint8 [T, R, R, 3]): does it break continuity?"""
-    centroids = [judge.judge_frame(f, resolution)["centroid"] for f in frames]
+    return _breaks([judge.judge_frame(f, resolution)["centroid"] for f in frames], resolution)
+
+
+def _breaks(centroids: Sequence[tuple[float, float] | None], resolution: int) -> list[bool]:
     limit = judge.MAX_JUMP * speed(resolution)
     return [a is None or b is None or float(np.hypot(b[0] - a[0], b[1] - a[1])) > limit
             for a, b in zip(centroids[:-1], centroids[1:], strict=True)]
@@ -58,7 +61,9 @@ def summarize(results: Sequence[Any], resolution: int, cond_frames: int,
     counts = {p: [0, 0] for p in PLACES}  # place -> [breaks, steps]
     first, last, stories_broken = [], [], 0
     for r in results:
-        story_breaks = breaks(r.frames, resolution)
+        segs = [(s["prompt"], s["start_frame"], s["end_frame"]) for s in r.segments]
+        verdict = judge.judge_story(r.frames, segs, resolution)  # judges every frame once
+        story_breaks = _breaks(verdict["centroids"], resolution)
         places = step_places(r.segments, cond_frames)
         if len(places) != len(story_breaks):
             raise ValueError(f"story {r.story.id}: its segments cover {len(places) + 1} frames, "
@@ -67,8 +72,7 @@ def summarize(results: Sequence[Any], resolution: int, cond_frames: int,
             counts[place][0] += broke
             counts[place][1] += 1
         stories_broken += any(story_breaks)
-        segs = [(s["prompt"], s["start_frame"], s["end_frame"]) for s in r.segments]
-        ok = judge.judge_story(r.frames, segs, resolution)["segment_adherence"]
+        ok = verdict["segment_adherence"]
         first.extend(ok[:edge_prompts])
         last.extend(ok[-edge_prompts:])
     total_breaks = sum(b for b, _ in counts.values())
