@@ -16,6 +16,9 @@ counts them.
 
 from __future__ import annotations
 
+import atexit
+import gc
+import weakref
 from collections.abc import Iterator
 
 import jax
@@ -85,6 +88,22 @@ def data_name(config: ml_collections.ConfigDict) -> str:
                                      ) from e
 
 
+# The streams of this process that are still open. tf.data's threads call into Python
+# (rendering, decoding) ahead of demand; a stream still open when the interpreter starts to
+# finalize is torn down while one of those threads waits for the GIL, which it never gets
+# again, and the process never exits. Closing every open stream at exit (before
+# finalization) stops and joins those threads while they still can run.
+_OPEN_STREAMS: weakref.WeakSet = weakref.WeakSet()
+
+
+@atexit.register
+def close_open_streams() -> None:
+    """Closes every `host_batches` stream of this process that is still open."""
+    for stream in list(_OPEN_STREAMS):
+        stream.close()
+    gc.collect()  # iterators held in reference cycles go now, not during finalization
+
+
 def host_batches(
     config: ml_collections.ConfigDict,
     split: str,
@@ -92,6 +111,21 @@ def host_batches(
     process_index: int | None = None,
     process_count: int | None = None,
     batch_size: int | None = None,
+) -> Iterator[dict[str, np.ndarray]]:
+    """Yields this host's part of each global batch (see `_host_batches`); every stream still
+    open when the process exits is closed before the interpreter finalizes."""
+    stream = _host_batches(config, split, start_batch, process_index, process_count, batch_size)
+    _OPEN_STREAMS.add(stream)
+    return stream
+
+
+def _host_batches(
+    config: ml_collections.ConfigDict,
+    split: str,
+    start_batch: int,
+    process_index: int | None,
+    process_count: int | None,
+    batch_size: int | None,
 ) -> Iterator[dict[str, np.ndarray]]:
     """Yields this host's part of each global batch: frames uint8 [b, T, H, W, 3], is_image
     int32 [b], text bytes [b], context_frames int32 [b] (leading frames the caption does not
@@ -134,6 +168,8 @@ def host_batches(
         ds = tf.data.Dataset.zip(ds, images).map(lambda ex, im: {**ex, "image_frames": im})
     ds = ds.prefetch(config.data.get("prefetch", 2))
     want = (config.data.num_frames, config.data.resolution, config.data.resolution, 3)
+    # Closing this generator ends its frame, the iterator's last reference: tf.data then stops
+    # and joins its threads.
     for raw in ds.as_numpy_iterator():
         frames = raw["frames"]
         if frames.shape[1:] != want:

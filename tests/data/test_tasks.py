@@ -228,3 +228,33 @@ def test_the_image_stream_reads_frame_0_of_its_task_in_step_with_the_batches():
     config.data.image_batch_size, config.data.image_name = 2, "no_such_task"
     with pytest.raises(ConfigError, match="no_such_task"):
         next(pipeline.host_batches(config, "train"))
+
+
+def test_streams_left_open_are_closed_at_exit_and_their_threads_joined():
+    """A process that exits with a stream open must not finalize while tf.data's threads run:
+    the exit hook closes the stream, and the process's thread count (from /proc, not from
+    tf.data) falls back to what it was before the stream opened."""
+    import os
+    import time
+
+    from conftest import load_config
+
+    from phenaki_jax.data import pipeline
+
+    def threads():
+        return len(os.listdir("/proc/self/task"))
+
+    config = load_config("cvivit")
+    config.batch_size = 4
+    next(pipeline.host_batches(config, "train"))  # tf.data's process-wide pools start once
+    before = threads()
+    stream = pipeline.host_batches(config, "train")
+    next(stream)
+    assert threads() > before, "the open stream should have threads reading ahead"
+    pipeline.close_open_streams()
+    deadline = time.monotonic() + 5
+    while threads() > before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert threads() <= before
+    with pytest.raises(StopIteration):
+        next(stream)

@@ -25,8 +25,10 @@ CONFIG = ["--config=configs/cvivit.py:variant=tiny", f"--config.total_steps={STE
 
 # The same steps in one process on a mesh of two devices, fed the global batch the two
 # processes assemble (process 0's shard of the stream, then process 1's).
+# A replay that has not exited by the watchdog's time prints every thread's stack and exits 1.
 REPLAY = r"""
-import json, sys
+import faulthandler, json, sys
+faulthandler.dump_traceback_later(420, exit=True)
 import jax, numpy as np
 sys.path.insert(0, {root!r})
 from phenaki_jax import sharding
@@ -54,6 +56,7 @@ with sharding.active(mesh):
         state, m = step(state, sharding.global_batch(mesh, batch))
         losses.append(float(m["loss"]))
     saved, meta = ckpt.restore_latest(abstract)
+ckpt.close()
 diff = jax.tree.map(lambda a, b: float(np.max(np.abs(np.asarray(a) - np.asarray(b)))),
                     state.params, saved.params)
 print(json.dumps({{"losses": losses, "saved_step": int(saved.step),
