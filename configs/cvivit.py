@@ -57,6 +57,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # codes each tubelet from its own pixels, which its transformer predicts far better).
     c.model.encoder_window = 0 if args.variant == "tiny" else -1
     c.model.code_dim = 32
+    # Features per pixel that a 3x3 convolution within each frame maps to colours (0: each
+    # token's head gives its pixels' colours directly).
+    c.model.pixel_head_channels = 0
     c.model.dtype = "float32" if args.variant == "tiny" else "bfloat16"
     c.model.remat = "full" if args.variant in ("base", "paper") else "none"
 

@@ -195,6 +195,10 @@ def validate_cvivit_model(model: Config, resolution: int, num_frames: int) -> No
     if not _is_int(window) or window < -1:
         raise ConfigError(f"config.model.encoder_window must be -1 (global attention) or a "
                           f"radius >= 0, got {window!r}")
+    channels = model.get("pixel_head_channels", 0)
+    if not _is_int(channels) or channels < 0:
+        raise ConfigError(f"config.model.pixel_head_channels must be 0 (no convolution) or a "
+                          f"positive integer, got {channels!r}")
     _dtype(model)
 
 

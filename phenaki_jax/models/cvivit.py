@@ -65,6 +65,7 @@ class CViViT(nn.Module):
     commitment_weight: float = 0.25
     usage_decay: float = 0.99
     encoder_window: int = -1
+    pixel_head_channels: int = 0
     remat: str | bool = "none"
     dtype: Any = jnp.float32
 
@@ -80,7 +81,8 @@ class CViViT(nn.Module):
                    resolution=config.data.resolution,
                    commitment_weight=config.quantizer.commitment_weight,
                    usage_decay=config.quantizer.usage_decay,
-                   encoder_window=m.get("encoder_window", -1), remat=m.remat,
+                   encoder_window=m.get("encoder_window", -1),
+                   pixel_head_channels=m.get("pixel_head_channels", 0), remat=m.remat,
                    dtype=layers.dtype_of(m.dtype))
 
     def setup(self) -> None:
@@ -122,9 +124,20 @@ class CViViT(nn.Module):
         # 384 pixel values in the tiny variant), which capped PSNR in our experiments.
         self.head_hidden = layers.dense(self.mlp_dim, ("embed", "mlp"), jnp.float32,
                                         "head_hidden")
-        self.to_first = layers.dense(p * p * 3, ("mlp", "channels"), jnp.float32, "to_first")
-        self.to_rest = layers.dense(pt * p * p * 3, ("mlp", "channels"), jnp.float32,
+        # `pixel_head_channels` = c > 0: each token gives c features per pixel instead of its
+        # colour, and a 3x3 convolution within each frame maps them to colours, so a pixel on
+        # a patch's edge also sees its neighbours across the edge (no temporal reach: the
+        # decoder stays causal).
+        c = self.pixel_head_channels or 3
+        self.to_first = layers.dense(p * p * c, ("mlp", "channels"), jnp.float32, "to_first")
+        self.to_rest = layers.dense(pt * p * p * c, ("mlp", "channels"), jnp.float32,
                                     "to_rest")
+        if self.pixel_head_channels:
+            self.to_pixels = nn.Conv(
+                3, (3, 3), padding="SAME", dtype=jnp.float32, name="to_pixels",
+                kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(),
+                                                         (None, None, None, None)),
+                bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (None,)))
 
     # -- patching -------------------------------------------------------------------------
     def _patchify(self, x: Array) -> tuple[Array, Array | None]:
@@ -140,16 +153,17 @@ class CViViT(nn.Module):
         rest = x[:, 1:].reshape(b, k, pt, h, p, w, p, c).transpose(0, 1, 3, 5, 2, 4, 6, 7)
         return first, rest.reshape(b, k, h, w, pt * p * p * c)
 
-    def _unpatchify(self, first: Array, rest: Array | None) -> Array:
+    def _unpatchify(self, first: Array, rest: Array | None, c: int = 3) -> Array:
+        """first [B, 1, h, w, p*p*c], rest [B, k, h, w, pt*p*p*c] -> [B, 1 + pt*k, H, W, c]."""
         p, pt = self.patch_size, self.temporal_patch_size
         b, _, h, w, _ = first.shape
-        out = first.reshape(b, 1, h, w, p, p, 3).transpose(0, 1, 2, 4, 3, 5, 6)
-        out = out.reshape(b, 1, h * p, w * p, 3)
+        out = first.reshape(b, 1, h, w, p, p, c).transpose(0, 1, 2, 4, 3, 5, 6)
+        out = out.reshape(b, 1, h * p, w * p, c)
         if rest is None:
             return out
         k = rest.shape[1]
-        r = rest.reshape(b, k, h, w, pt, p, p, 3).transpose(0, 1, 4, 2, 5, 3, 6, 7)
-        r = r.reshape(b, k * pt, h * p, w * p, 3)
+        r = rest.reshape(b, k, h, w, pt, p, p, c).transpose(0, 1, 4, 2, 5, 3, 6, 7)
+        r = r.reshape(b, k * pt, h * p, w * p, c)
         return jnp.concatenate([out, r], axis=1)
 
     # -- factorized attention ---------------------------------------------------------------
@@ -211,7 +225,11 @@ class CViViT(nn.Module):
         x = nn.gelu(self.head_hidden(self.dec_norm(x).astype(jnp.float32)))
         first = self.to_first(x[:, :1])
         rest = self.to_rest(x[:, 1:]) if t > 1 else None
-        return self._unpatchify(first, rest)
+        if not self.pixel_head_channels:
+            return self._unpatchify(first, rest)
+        feats = nn.gelu(self._unpatchify(first, rest, self.pixel_head_channels))
+        b, frames, hh, ww, c = feats.shape
+        return self.to_pixels(feats.reshape(b * frames, hh, ww, c)).reshape(b, frames, hh, ww, 3)
 
     def decode_ids(self, ids: Array) -> Array:
         """Token ids int32 [B, t, h, w] -> float frames [B, 1 + 2(t-1), H, W, 3]."""

@@ -66,6 +66,7 @@ def test_paper_variant_matches_paper_sizes():
     ("eval_batches", -1, "config.eval_batches"),
     ("model.dtype", "float16", "config.model.dtype"),
     ("model.encoder_window", -2, "config.model.encoder_window"),
+    ("model.pixel_head_channels", -1, "config.model.pixel_head_channels"),
     ("data.image_batch_size", -1, "config.data.image_batch_size"),
     ("quantizer.restart_stop_fraction", 0.0, "config.quantizer.restart_stop_fraction"),
 ])
