@@ -141,19 +141,21 @@ def test_pixel_head_keeps_the_decoder_causal_and_lays_features_out_as_pixels(tin
     c, _, _, x = tiny
     c = c.copy_and_resolve_references()
     c.model.pixel_head_channels = 4
+    c.data.resolution = 16  # 4x4 patches: small enough to compile fast, and still a grid
+    x = x[:, :5, :16, :16]
     model = CViViT.from_config(c)
     variables = model.init(jax.random.key(0), x)
     assert nn.unbox(variables)["params"]["to_pixels"]["kernel"].shape == (3, 3, 4, 3)
-    feats = np.asarray(jax.random.normal(jax.random.key(2), (2, 11, 32, 32, 4)))
+    feats = np.asarray(jax.random.normal(jax.random.key(2), (2, 5, 16, 16, 4)))
     ref_first, ref_rest = numpy_patches(feats, 4, 2)
     back = model.apply(variables, jnp.asarray(ref_first, jnp.float32),
                        jnp.asarray(ref_rest, jnp.float32), 4, method=model._unpatchify)
     np.testing.assert_allclose(np.asarray(back), feats, rtol=1e-6)
     ids = model.apply(variables, x, method=model.tokenize)
     full = np.asarray(model.apply(variables, ids, method=model.decode_ids))
-    part = np.asarray(model.apply(variables, ids[:, :3], method=model.decode_ids))
-    assert full.shape == (2, 11, 32, 32, 3)
-    np.testing.assert_allclose(part, full[:, :5], atol=1e-5)
+    part = np.asarray(model.apply(variables, ids[:, :2], method=model.decode_ids))
+    assert full.shape == (2, 5, 16, 16, 3)
+    np.testing.assert_allclose(part, full[:, :3], atol=1e-5)
 
 
 def test_image_is_a_one_frame_video(tiny):
