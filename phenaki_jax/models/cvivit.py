@@ -153,10 +153,11 @@ class CViViT(nn.Module):
         rest = x[:, 1:].reshape(b, k, pt, h, p, w, p, c).transpose(0, 1, 3, 5, 2, 4, 6, 7)
         return first, rest.reshape(b, k, h, w, pt * p * p * c)
 
-    def _unpatchify(self, first: Array, rest: Array | None, c: int = 3) -> Array:
+    def _unpatchify(self, first: Array, rest: Array | None) -> Array:
         """first [B, 1, h, w, p*p*c], rest [B, k, h, w, pt*p*p*c] -> [B, 1 + pt*k, H, W, c]."""
         p, pt = self.patch_size, self.temporal_patch_size
-        b, _, h, w, _ = first.shape
+        b, _, h, w, n = first.shape
+        c = n // (p * p)
         out = first.reshape(b, 1, h, w, p, p, c).transpose(0, 1, 2, 4, 3, 5, 6)
         out = out.reshape(b, 1, h * p, w * p, c)
         if rest is None:
@@ -227,7 +228,7 @@ class CViViT(nn.Module):
         rest = self.to_rest(x[:, 1:]) if t > 1 else None
         if not self.pixel_head_channels:
             return self._unpatchify(first, rest)
-        feats = nn.gelu(self._unpatchify(first, rest, self.pixel_head_channels))
+        feats = nn.gelu(self._unpatchify(first, rest))
         b, frames, hh, ww, c = feats.shape
         return self.to_pixels(feats.reshape(b * frames, hh, ww, c)).reshape(b, frames, hh, ww, 3)
 

@@ -149,7 +149,7 @@ def test_pixel_head_keeps_the_decoder_causal_and_lays_features_out_as_pixels(tin
     feats = np.asarray(jax.random.normal(jax.random.key(2), (2, 5, 16, 16, 4)))
     ref_first, ref_rest = numpy_patches(feats, 4, 2)
     back = model.apply(variables, jnp.asarray(ref_first, jnp.float32),
-                       jnp.asarray(ref_rest, jnp.float32), 4, method=model._unpatchify)
+                       jnp.asarray(ref_rest, jnp.float32), method=model._unpatchify)
     np.testing.assert_allclose(np.asarray(back), feats, rtol=1e-6)
     ids = model.apply(variables, x, method=model.tokenize)
     full = np.asarray(model.apply(variables, ids, method=model.decode_ids))
