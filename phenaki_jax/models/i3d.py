@@ -98,11 +98,46 @@ def load_weights(path: str | None = None, cache_dir: str | None = None) -> dict[
     return weights
 
 
+def strided_conv(x: Array, kernel: Array, stride: tuple[int, int, int]) -> Array:
+    """`conv_general_dilated(x, kernel, stride, "SAME")` for x [B, T, H, W, C] and kernel
+    [kt, kh, kw, C, O], computed as an unstrided convolution of x's space-to-depth rearrangement.
+
+    Same arithmetic, but XLA:CPU's gradient of a strided convolution with respect to its input
+    (I3D's first layer, 7x7x7 at stride 2) is about 80 times its forward pass; the unstrided
+    form's gradient is a few times its forward pass. The I3D loss needs that gradient.
+    """
+    b, c = x.shape[0], x.shape[-1]
+    pads, taps = [], []
+    for n, k, s in zip(x.shape[1:4], kernel.shape[:3], stride, strict=True):
+        out = -(-n // s)
+        low = max((out - 1) * s + k - n, 0) // 2  # SAME: the smaller half before
+        padded_k = -(-k // s) * s  # the kernel, zero-padded to whole strides
+        pads.append((low, (out - 1) * s + padded_k - n - low, 0))
+        taps.append(padded_k)
+    x = jax.lax.pad(x, jnp.zeros((), x.dtype), [(0, 0, 0), *pads, (0, 0, 0)])
+    kernel = jnp.pad(kernel, [(0, p - k) for p, k in zip(taps, kernel.shape[:3], strict=True)]
+                     + [(0, 0), (0, 0)])
+    (st, sh, sw), (t, h, wd) = stride, x.shape[1:4]
+    # Each stride's phases become channels: x[.., s*i + r, ..] -> x'[.., i, .., (r, c)].
+    x = x.reshape(b, t // st, st, h // sh, sh, wd // sw, sw, c).transpose(0, 1, 3, 5, 2, 4, 6, 7)
+    x = x.reshape(b, t // st, h // sh, wd // sw, st * sh * sw * c)
+    kt, kh, kw = taps
+    o = kernel.shape[-1]
+    kernel = kernel.reshape(kt // st, st, kh // sh, sh, kw // sw, sw, c, o)
+    kernel = kernel.transpose(0, 2, 4, 1, 3, 5, 6, 7).reshape(
+        kt // st, kh // sh, kw // sw, st * sh * sw * c, o)
+    return jax.lax.conv_general_dilated(x, kernel, (1, 1, 1), "VALID",
+                                        dimension_numbers=("NDHWC", "DHWIO", "NDHWC"))
+
+
 def _unit(w: dict[str, Array], name: str, x: Array, stride: tuple[int, int, int] = (1, 1, 1),
           batch_norm: bool = True, relu: bool = True) -> Array:
     kernel = w[f"params/{name}/Conv_0/kernel"]
-    x = jax.lax.conv_general_dilated(x, kernel, stride, "SAME",
-                                     dimension_numbers=("NDHWC", "DHWIO", "NDHWC"))
+    if stride != (1, 1, 1):
+        x = strided_conv(x, kernel, stride)
+    else:
+        x = jax.lax.conv_general_dilated(x, kernel, stride, "SAME",
+                                         dimension_numbers=("NDHWC", "DHWIO", "NDHWC"))
     if not batch_norm:
         return x + w[f"params/{name}/Conv_0/bias"]
     mean = w[f"batch_stats/{name}/BatchNorm_0/mean"].reshape(-1)

@@ -81,3 +81,27 @@ def test_fvd_is_zero_for_the_same_clips_and_grows_with_damage():
                     video_metrics.fvd_from_features(features, video_metrics.i3d_features(noisy)))
     assert 0 < fvds[0] < fvds[1] < fvds[2], fvds
 
+
+
+@pytest.mark.parametrize("shape,kernel,stride", [
+    ((1, 11, 20, 20, 3), (7, 7, 7), (2, 2, 2)),  # I3D's first layer, small frames
+    ((2, 5, 9, 10, 2), (3, 4, 1), (2, 3, 1)),  # odd sizes, even and unit kernels and strides
+])
+def test_the_strided_convolution_and_its_gradient_equal_xlas(shape, kernel, stride):
+    """I3D's strided layer runs as an unstrided convolution of the rearranged input (its
+    gradient is the I3D loss's cost); values and input gradients equal XLA's SAME convolution."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=shape).astype(np.float32)
+    k = rng.normal(size=(*kernel, shape[-1], 4)).astype(np.float32)
+    def xla(v):
+        return jax.lax.conv_general_dilated(v, k, stride, "SAME",
+                                            dimension_numbers=("NDHWC", "DHWIO", "NDHWC"))
+
+    want = xla(x)
+    got = i3d.strided_conv(x, k, stride)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-4)
+    cotangent = rng.normal(size=want.shape).astype(np.float32)
+    grad = lambda f: jax.vjp(f, x)[1](cotangent)[0]
+    np.testing.assert_allclose(np.asarray(grad(lambda v: i3d.strided_conv(v, k, stride))),
+                               np.asarray(grad(xla)), rtol=1e-5, atol=1e-4)
