@@ -221,8 +221,23 @@ def _dtype(model: Config, section: str = "model") -> None:
                           f"got {remat!r}")
 
 
+# Random symmetries of the tokenizer's training clips (`stages.augment`).
+AUGMENT_OPS = ("flip", "dihedral", "reverse", "channels")
+
+
+def augment_ops(spec: str) -> tuple[str, ...]:
+    """`config.data.augment` -> its operations: 'flip,reverse' -> ('flip', 'reverse'), '' ->
+    (); an unknown or repeated name raises a ConfigError naming the field."""
+    ops = tuple(s.strip() for s in str(spec).split(",") if s.strip())
+    if any(o not in AUGMENT_OPS for o in ops) or len(set(ops)) != len(ops):
+        raise ConfigError(f"config.data.augment={spec!r} must be a comma-separated subset of "
+                          f"{', '.join(AUGMENT_OPS)}, each at most once")
+    return ops
+
+
 def _validate_cvivit(config: Config) -> None:
     validate_cvivit_model(config.model, config.data.resolution, config.data.num_frames)
+    augment_ops(config.data.get("augment", ""))
     q, loss = config.quantizer, config.loss
     in_range(config, "quantizer.usage_decay", 0, 1, high_open=True)
     non_negative(config, *(f"quantizer.{f}" for f in (

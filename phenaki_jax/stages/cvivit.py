@@ -17,11 +17,13 @@ import ml_collections
 import numpy as np
 import optax
 
+from phenaki_jax.config import validation
 from phenaki_jax.metrics import psnr_per_clip
 from phenaki_jax.models import discriminator as disc_lib
 from phenaki_jax.models import i3d, layers, quantizers
 from phenaki_jax.models.cvivit import CViViT, float_to_frames, frames_to_float, token_grid
 from phenaki_jax.models.perceptual import Perceptual
+from phenaki_jax.stages import augment
 from phenaki_jax.stages import state as state_lib
 from phenaki_jax.stages.base import Stage
 
@@ -71,6 +73,7 @@ class CViViTStage(Stage):
                                        config.model.patch_size, config.model.temporal_patch_size)
         # The image stream (`data.image_batch_size` > 0): one-frame clips beside the batch.
         self.image_batch_size = config.data.get("image_batch_size", 0)
+        self.augment_ops = validation.augment_ops(config.data.get("augment", ""))
         self.batch_axes = {"frames": ("batch", "time", "height", "width", "channels"),
                            "is_image": ("batch",)}
         if self.image_batch_size:
@@ -134,6 +137,13 @@ class CViViTStage(Stage):
                    ) -> tuple[state_lib.TrainState, dict[str, Array]]:
         c = self.config
         rng = jax.random.fold_in(jax.random.key(c.seed), state.step)
+        if self.augment_ops:
+            # Everything below, the PSNR logged included, sees the transformed clips.
+            batch = {**batch, "frames": augment.augment(
+                batch["frames"], jax.random.fold_in(rng, 5), self.augment_ops, batch["is_image"])}
+            if self.image_batch_size:
+                batch["image_frames"] = augment.augment(
+                    batch["image_frames"], jax.random.fold_in(rng, 6), self.augment_ops)
         x = frames_to_float(batch["frames"])
         w = frame_weights(batch)
         token_w = token_frame_weights(batch, c.model.temporal_patch_size)

@@ -68,6 +68,7 @@ def test_paper_variant_matches_paper_sizes():
     ("model.encoder_window", -2, "config.model.encoder_window"),
     ("model.pixel_head_channels", -1, "config.model.pixel_head_channels"),
     ("data.image_batch_size", -1, "config.data.image_batch_size"),
+    ("data.augment", "flip,spin", "config.data.augment"),
     ("quantizer.restart_stop_fraction", 0.0, "config.quantizer.restart_stop_fraction"),
 ])
 def test_impossible_config_names_the_field(field, value, needle):

@@ -1,0 +1,62 @@
+"""Random symmetries of training clips, drawn per clip from the step's RNG (so a resumed run
+draws the same ones), for a tokenizer trained on few real videos.
+
+A tokenizer's job is local: a tubelet's pixels should code the same wherever the scene came
+from. A mirrored, rotated or time-reversed clip is as real as the original, so these multiply
+what a small data set shows without leaving the distribution of natural pixels.
+
+Operations (`config.data.augment`, comma-separated, applied in this order; parsed by
+`validation.augment_ops`):
+- `flip`: mirror left-right, half the clips;
+- `dihedral`: one of the 8 symmetries of the square (rotations by multiples of 90 degrees and
+  their mirrors), uniformly (frames are square: `config.data.resolution`);
+- `reverse`: play the clip backwards, half the videos (an image's padding frames stay last);
+- `channels`: one of the 6 orders of the colour channels, uniformly. Not natural colours, but
+  the same edges, textures and motion in other hues: the codes learn shape apart from colour.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+def _coin(rng: Array, n: int) -> Array:
+    return jax.random.bernoulli(rng, 0.5, (n,))
+
+
+def _where(cond: Array, a: Array, b: Array) -> Array:
+    return jnp.where(cond.reshape((-1,) + (1,) * (a.ndim - 1)), a, b)
+
+
+def augment(frames: Array, rng: Array, ops: Sequence[str], is_image: Array | None = None
+            ) -> Array:
+    """frames [B, T, H, W, C] -> the same clips, each under its own random symmetries.
+
+    `is_image` [B] (nonzero for an image padded to T frames) keeps those clips' time order.
+    """
+    b = frames.shape[0]
+    x = frames
+    if "flip" in ops:
+        x = _where(_coin(jax.random.fold_in(rng, 0), b), x[:, :, :, ::-1], x)
+    if "dihedral" in ops:
+        # Every symmetry of the square is a transpose or not, then a mirror of rows or not,
+        # then of columns or not: three independent coins make the 8 uniformly.
+        x = _where(_coin(jax.random.fold_in(rng, 1), b), jnp.swapaxes(x, 2, 3), x)
+        x = _where(_coin(jax.random.fold_in(rng, 2), b), x[:, :, ::-1], x)
+        x = _where(_coin(jax.random.fold_in(rng, 3), b), x[:, :, :, ::-1], x)
+    if "reverse" in ops:
+        flip = _coin(jax.random.fold_in(rng, 4), b)
+        if is_image is not None:
+            flip = flip & (is_image == 0)
+        x = _where(flip, x[:, ::-1], x)
+    if "channels" in ops:
+        orders = jnp.asarray(list(itertools.permutations(range(x.shape[-1]))), jnp.int32)
+        k = jax.random.randint(jax.random.fold_in(rng, 5), (b,), 0, orders.shape[0])
+        x = jnp.take_along_axis(x, orders[k].reshape((b,) + (1,) * (x.ndim - 2) + (-1,)),
+                                axis=-1)
+    return x
