@@ -47,13 +47,13 @@ def main() -> None:
     from phenaki_jax.config import parsing, validation
     from phenaki_jax.data import pipeline
     from phenaki_jax.evaluation import real_video, video_metrics
+    from phenaki_jax.models.cvivit import CViViT
 
     ops = validation.augment_ops(args.augment)
     if "reverse" in ops:
         raise SystemExit("--augment=reverse: a codebook of tubelets does not see time order "
                          "beyond its tubelet; leave it out")
     config = parsing.load_config_file(os.path.join(ROOT, CONFIG))
-    p, pt, r = config.model.patch_size, config.model.temporal_patch_size, config.data.resolution
     config.data.name = f"prepared:{os.path.join(args.workdir, 'train')}"
     train = pipeline.split_examples(config, config.data.train_split, 100_000)["frames"]
     held_out, _ = real_video.validation_clips(
@@ -62,7 +62,7 @@ def main() -> None:
         raise SystemExit(f"--workdir={args.workdir}: no training clips in {config.data.name}")
 
     views = [train]
-    if "flip" in ops:
+    if "flip" in ops and "dihedral" not in ops:  # the square's symmetries hold the mirror
         views += [v[:, :, :, ::-1] for v in views]
     if "dihedral" in ops:
         views = [np.rot90(v, k, axes=(2, 3)) for v in views for k in range(4)]
@@ -71,21 +71,14 @@ def main() -> None:
         views = [v[..., list(o)] for v in views for o in itertools.permutations(range(3))]
     train_all = np.concatenate(views)
 
-    def tokens(clips: np.ndarray, first: bool) -> np.ndarray:
-        """uint8 [N, T, R, R, 3] -> float32 token vectors [N, t, h, w, D], frame 0's (t = 1)
-        or the tubelets'."""
-        x = clips[:, :1] if first else clips[:, 1:]
-        n, t = x.shape[:2]
-        tp = 1 if first else pt
-        x = x.reshape(n, t // tp, tp, r // p, p, r // p, p, 3).transpose(0, 1, 3, 5, 2, 4, 6, 7)
-        return x.reshape(n, t // tp, r // p, r // p, tp * p * p * 3).astype(np.float32)
+    # The tokenizer's own cut into first-frame patches and tubelets, and its inverse: neither
+    # touches a parameter, so the unbound module serves.
+    model = CViViT.from_config(config)
 
-    def frames(x: np.ndarray, first: bool) -> np.ndarray:
-        """The inverse of `tokens`, rounded to uint8."""
-        n, t = x.shape[:2]
-        tp = 1 if first else pt
-        x = x.reshape(n, t, r // p, r // p, tp, p, p, 3).transpose(0, 1, 4, 2, 5, 3, 6, 7)
-        return np.clip(np.round(x.reshape(n, t * tp, r, r, 3)), 0, 255).astype(np.uint8)
+    def tokens(clips: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """uint8 [N, T, R, R, 3] -> float32 (first [N, 1, h, w, D0], rest [N, t, h, w, D])."""
+        first, rest = model._patchify(jnp.asarray(clips, jnp.float32))
+        return np.asarray(first), np.asarray(rest)
 
     @jax.jit
     def nearest(x: jax.Array, centroids: jax.Array) -> jax.Array:
@@ -94,9 +87,8 @@ def main() -> None:
 
     rng = np.random.default_rng(0)
     parts = []
-    for first in (True, False):
-        x = tokens(train_all, first)
-        x = x.reshape(-1, x.shape[-1])
+    for train_part, held_part in zip(tokens(train_all), tokens(held_out), strict=True):
+        x = train_part.reshape(-1, train_part.shape[-1])
         if len(x) > args.max_vectors:
             x = x[rng.choice(len(x), args.max_vectors, replace=False)]
         centroids = x[rng.choice(len(x), args.codes, replace=len(x) < args.codes)]
@@ -107,10 +99,11 @@ def main() -> None:
             n = np.bincount(a, minlength=args.codes)
             centroids = np.where((n == 0)[:, None], x[rng.choice(len(x), args.codes)],
                                  sums / np.maximum(n, 1)[:, None])
-        y = tokens(held_out, first)
-        ids = np.asarray(nearest(jnp.asarray(y.reshape(-1, y.shape[-1])), jnp.asarray(centroids)))
-        parts.append(frames(centroids[ids].reshape(y.shape), first))
-    recon = np.concatenate(parts, axis=1)
+        y = held_part.reshape(-1, held_part.shape[-1])
+        ids = np.asarray(nearest(jnp.asarray(y), jnp.asarray(centroids)))
+        parts.append(centroids[ids].reshape(held_part.shape))
+    recon = np.asarray(model._unpatchify(*map(jnp.asarray, parts)))
+    recon = np.clip(np.round(recon), 0, 255).astype(np.uint8)
     report = video_metrics.reconstruction_report(held_out, recon)
     report.pop("per_clip")
     print(json.dumps({"train_clips": int(len(train)), "codes": args.codes,

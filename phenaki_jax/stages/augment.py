@@ -25,6 +25,7 @@ import jax.numpy as jnp
 
 Array = jax.Array
 
+
 def _coin(rng: Array, n: int) -> Array:
     return jax.random.bernoulli(rng, 0.5, (n,))
 
