@@ -53,6 +53,9 @@ def main() -> None:
     if "reverse" in ops:
         raise SystemExit("--augment=reverse: a codebook of tubelets does not see time order "
                          "beyond its tubelet; leave it out")
+    if "shift" in ops:
+        raise SystemExit("--augment=shift: the table takes every view of a clip, and 64 "
+                         "patch-grid offsets of each are more than it holds; leave it out")
     config = parsing.load_config_file(os.path.join(ROOT, CONFIG))
     config.data.name = f"prepared:{os.path.join(args.workdir, 'train')}"
     train = pipeline.split_examples(config, config.data.train_split, 100_000)["frames"]

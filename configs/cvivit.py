@@ -47,8 +47,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Images per step beside the batch, each coded as a one-frame clip (0: none).
     c.data.image_batch_size = size.get("image_batch_size", 0)
     c.data.image_name = f"shapes_world_images_{size['resolution']}"  # the image stream's task
-    # Random symmetries of each training clip: a comma-separated subset of flip, dihedral,
-    # reverse, channels ('': none; see phenaki_jax/stages/augment.py).
+    # Random symmetries and shifts of each training clip: a comma-separated subset of flip,
+    # dihedral, reverse, channels, shift ('': none; see phenaki_jax/stages/augment.py).
     c.data.augment = ""
 
     c.model = ml_collections.ConfigDict()

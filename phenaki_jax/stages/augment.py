@@ -1,9 +1,9 @@
-"""Random symmetries of training clips, drawn per clip from the step's RNG (so a resumed run
-draws the same ones), for a tokenizer trained on few real videos.
+"""Random symmetries and shifts of training clips, drawn per clip from the step's RNG (so a
+resumed run draws the same ones), for a tokenizer trained on few real videos.
 
 A tokenizer's job is local: a tubelet's pixels should code the same wherever the scene came
-from. A mirrored, rotated or time-reversed clip is as real as the original, so these multiply
-what a small data set shows without leaving the distribution of natural pixels.
+from. A mirrored, rotated, shifted or time-reversed clip is as real as the original, so these
+multiply what a small data set shows without leaving the distribution of natural pixels.
 
 Operations (`config.data.augment`, comma-separated, applied in this order; parsed by
 `validation.augment_ops`):
@@ -13,6 +13,10 @@ Operations (`config.data.augment`, comma-separated, applied in this order; parse
 - `reverse`: play the clip backwards, half the videos (an image's padding frames stay last);
 - `channels`: one of the 6 orders of the colour channels, uniformly. Not natural colours, but
   the same edges, textures and motion in other hues: the codes learn shape apart from colour.
+- `shift`: translate the whole clip by a whole number of pixels, up to an eighth of the frame
+  in each direction, uniformly, the uncovered border filled by mirroring the frame's edge. A
+  patch grid then cuts the scene at another place: a few videos give many more distinct
+  tubelets, with natural colours and orientation.
 """
 
 from __future__ import annotations
@@ -60,4 +64,21 @@ def augment(frames: Array, rng: Array, ops: Sequence[str], is_image: Array | Non
         k = jax.random.randint(jax.random.fold_in(rng, 5), (b,), 0, orders.shape[0])
         x = jnp.take_along_axis(x, orders[k].reshape((b,) + (1,) * (x.ndim - 2) + (-1,)),
                                 axis=-1)
+    if "shift" in ops:
+        x = _shift(x, jax.random.fold_in(rng, 6))
     return x
+
+
+def _shift(x: Array, rng: Array) -> Array:
+    """Each clip of [B, T, H, W, C] translated by its own (dy, dx), |dy| <= H // 8 and
+    |dx| <= W // 8, with reflected borders."""
+    b, t, h, w, c = x.shape
+    sh, sw = h // 8, w // 8
+    padded = jnp.pad(x, ((0, 0), (0, 0), (sh, sh), (sw, sw), (0, 0)), mode="reflect")
+    dy = jax.random.randint(jax.random.fold_in(rng, 0), (b,), 0, 2 * sh + 1)
+    dx = jax.random.randint(jax.random.fold_in(rng, 1), (b,), 0, 2 * sw + 1)
+
+    def crop(clip: Array, y0: Array, x0: Array) -> Array:
+        return jax.lax.dynamic_slice(clip, (0, y0, x0, 0), (t, h, w, c))
+
+    return jax.vmap(crop)(padded, dy, dx)

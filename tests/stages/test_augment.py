@@ -109,3 +109,14 @@ def test_a_training_step_learns_from_the_clips_under_the_steps_symmetries():
     unturned, _ = step(state, {"frames": jnp.asarray(frames), "is_image": is_image})
     assert not np.allclose(np.asarray(jax.tree.leaves(unturned.params)[0]),
                            np.asarray(jax.tree.leaves(new.params)[0]))
+
+
+def test_shift_translates_each_clip_with_mirrored_borders_by_up_to_an_eighth():
+    x = _clips(64, t=2, r=16)  # 16 px frames: shifts of -2..2 pixels each way
+    out = np.asarray(augment(x, jax.random.key(3), ("shift",)))
+    seen = set()
+    for o, c in zip(out, x, strict=True):
+        padded = np.pad(c, ((0, 0), (2, 2), (2, 2), (0, 0)), mode="reflect")
+        crops = [padded[:, y:y + 16, x0:x0 + 16] for y in range(5) for x0 in range(5)]
+        seen.add(_which(o, crops))
+    assert len(seen) >= 20, seen  # 64 draws of 25 offsets: most of them occur
