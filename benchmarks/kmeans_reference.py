@@ -2,7 +2,8 @@
 tokenizer with the same token grid and codebook size, one JSON line:
 
     .venv/bin/python benchmarks/real_video_peer.py --workdir=W     # prepares W/train, W/eval
-    .venv/bin/python benchmarks/kmeans_reference.py --workdir=W [--codes=1024] [--augment=...]
+    .venv/bin/python benchmarks/kmeans_reference.py --workdir=W [--codes=1024] [--augment=...] \
+        [--table=prepared:DIR]
 
 k-means (Lloyd's iterations from random training vectors; an emptied centroid restarts at a
 random vector) over the training clips' tokens as C-ViViT cuts them: frame 0 in 8x8 patches,
@@ -13,6 +14,11 @@ computes them. `--augment` adds the symmetries of `data.augment` to the training
 (every mirror, rotation or channel order, not a random draw). A tokenizer whose held-out PSNR
 is near this reference has learnt about what a nearest-centroid table of the training pixels
 knows, and made no use of its tokens' context.
+
+`--table` builds the table from other prepared clips than W/train (for example another copy of
+the held-out scene: what a table that has seen the scene reconstructs). `block_mean_psnr` is
+the PSNR of replacing every 8x8 (and 4x4) block of each frame by its exact mean colour, for the
+held-out clips and the table's: how much detail below the patch size each set holds.
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ import itertools
 import json
 import os
 import sys
+
+import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -36,14 +44,16 @@ def main() -> None:
     parser.add_argument("--codes", type=int, default=1024)
     parser.add_argument("--iterations", type=int, default=25)
     parser.add_argument("--augment", default="", help="a subset of flip,dihedral,channels")
+    parser.add_argument("--table", default="", help="prepared:DIR, the clips the table is "
+                        "built from (default: the workdir's training set)")
     parser.add_argument("--max_vectors", type=int, default=60_000,
                         help="a random subset of the training vectors beyond this many")
     args = parser.parse_args()
 
     import jax
     import jax.numpy as jnp
-    import numpy as np
 
+    from phenaki_jax import metrics
     from phenaki_jax.config import parsing, validation
     from phenaki_jax.data import pipeline
     from phenaki_jax.evaluation import real_video, video_metrics
@@ -57,7 +67,7 @@ def main() -> None:
         raise SystemExit("--augment=shift: the table takes every view of a clip, and 64 "
                          "patch-grid offsets of each are more than it holds; leave it out")
     config = parsing.load_config_file(os.path.join(ROOT, CONFIG))
-    config.data.name = f"prepared:{os.path.join(args.workdir, 'train')}"
+    config.data.name = args.table or f"prepared:{os.path.join(args.workdir, 'train')}"
     train = pipeline.split_examples(config, config.data.train_split, 100_000)["frames"]
     held_out, _ = real_video.validation_clips(
         config, f"prepared:{os.path.join(args.workdir, 'eval')}", 10_000)
@@ -109,8 +119,21 @@ def main() -> None:
     recon = np.clip(np.round(recon), 0, 255).astype(np.uint8)
     report = video_metrics.reconstruction_report(held_out, recon)
     report.pop("per_clip")
-    print(json.dumps({"train_clips": int(len(train)), "codes": args.codes,
-                      "augment": list(ops), **report}))
+    block_means = {name: {f"{b}x{b}": round(float(np.mean(metrics.psnr_per_clip(
+                              jnp.asarray(_block_means(clips, b)), jnp.asarray(clips)))), 2)
+                          for b in (8, 4)}
+                   for name, clips in (("held_out", held_out), ("table_clips", train))}
+    print(json.dumps({"train_clips": int(len(train)), "table": config.data.name,
+                      "codes": args.codes, "augment": list(ops), **report,
+                      "block_mean_psnr": block_means}))
+
+
+def _block_means(clips: np.ndarray, b: int) -> np.ndarray:
+    """uint8 [N, T, H, W, C] -> each frame's b x b blocks replaced by their mean colour."""
+    n, t, h, w, c = clips.shape
+    x = clips.astype(np.float64).reshape(n, t, h // b, b, w // b, b, c)
+    m = np.broadcast_to(x.mean(axis=(3, 5), keepdims=True), x.shape).reshape(clips.shape)
+    return np.clip(np.round(m), 0, 255).astype(np.uint8)
 
 
 if __name__ == "__main__":
