@@ -11,7 +11,7 @@ later frames in 2x8x8 tubelets, each kind with its own `--codes` centroids (the 
 one codebook for both: the reference is the more generous). Each held-out token is replaced by
 its nearest centroid; PSNR, SSIM, LPIPS and FVD of the clips are computed as `phenaki-eval`
 computes them. `--augment` adds the symmetries of `data.augment` to the training vectors
-(every mirror, rotation or channel order, not a random draw). A tokenizer whose held-out PSNR
+(every mirror, rotation, channel order or zoom, not a random draw). A tokenizer whose held-out PSNR
 is near this reference has learnt about what a nearest-centroid table of the training pixels
 knows, and made no use of its tokens' context.
 
@@ -43,7 +43,7 @@ def main() -> None:
     parser.add_argument("--workdir", default="/tmp/phenaki_real_video")
     parser.add_argument("--codes", type=int, default=1024)
     parser.add_argument("--iterations", type=int, default=25)
-    parser.add_argument("--augment", default="", help="a subset of flip,dihedral,channels")
+    parser.add_argument("--augment", default="", help="a subset of flip,dihedral,channels,zoom")
     parser.add_argument("--table", default="", help="prepared:DIR, the clips the table is "
                         "built from (default: the workdir's training set)")
     parser.add_argument("--max_vectors", type=int, default=60_000,
@@ -58,6 +58,7 @@ def main() -> None:
     from phenaki_jax.data import pipeline
     from phenaki_jax.evaluation import real_video, video_metrics
     from phenaki_jax.models.cvivit import CViViT
+    from phenaki_jax.stages import augment
 
     ops = validation.augment_ops(args.augment)
     if "reverse" in ops:
@@ -82,6 +83,8 @@ def main() -> None:
         views += [v[:, :, :, ::-1] for v in views]
     if "channels" in ops:
         views = [v[..., list(o)] for v in views for o in itertools.permutations(range(3))]
+    if "zoom" in ops:
+        views += [np.asarray(augment.zoom_out(jnp.asarray(v))) for v in views]
     train_all = np.concatenate(views)
 
     # The tokenizer's own cut into first-frame patches and tubelets, and its inverse: neither

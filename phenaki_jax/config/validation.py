@@ -222,7 +222,7 @@ def _dtype(model: Config, section: str = "model") -> None:
 
 
 # Random symmetries of the tokenizer's training clips (`stages.augment`).
-AUGMENT_OPS = ("flip", "dihedral", "reverse", "channels", "shift")
+AUGMENT_OPS = ("flip", "dihedral", "reverse", "channels", "shift", "zoom")
 
 
 def augment_ops(spec: str) -> tuple[str, ...]:

@@ -120,3 +120,15 @@ def test_shift_translates_each_clip_with_mirrored_borders_by_up_to_an_eighth():
         crops = [padded[:, y:y + 16, x0:x0 + 16] for y in range(5) for x0 in range(5)]
         seen.add(_which(o, crops))
     assert len(seen) >= 20, seen  # 64 draws of 25 offsets: most of them occur
+
+
+def test_zoom_shows_half_the_clips_at_half_size_in_a_mirrored_mosaic():
+    x = _clips(32, t=2, r=8).astype(np.uint8)
+    out = np.asarray(augment(x, jax.random.key(4), ("zoom",)))
+    kinds = []
+    for o, c in zip(out, x, strict=True):
+        half = np.round(c.reshape(2, 4, 2, 4, 2, 2).astype(np.float64).mean(axis=(2, 4)))
+        half = np.asarray(half, np.uint8)
+        top = np.concatenate([half, np.flip(half, 2)], axis=2)
+        kinds.append(_which(o, [c, np.concatenate([top, np.flip(top, 1)], axis=1)]))
+    assert set(kinds) == {0, 1}
