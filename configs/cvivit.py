@@ -48,7 +48,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.image_batch_size = size.get("image_batch_size", 0)
     c.data.image_name = f"shapes_world_images_{size['resolution']}"  # the image stream's task
     # Random symmetries and shifts of each training clip: a comma-separated subset of flip,
-    # dihedral, reverse, channels, shift ('': none; see phenaki_jax/stages/augment.py).
+    # dihedral, reverse, channels, shift, zoom ('': none; see phenaki_jax/stages/augment.py).
     c.data.augment = ""
 
     c.model = ml_collections.ConfigDict()
