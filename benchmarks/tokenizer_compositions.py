@@ -92,6 +92,7 @@ def reconstruct_unquantized(stage: Any, state: Any, clips: np.ndarray, chunk: in
 def main(argv: Sequence[str]) -> None:
     del argv
     from phenaki_jax.data import shapes_world as sw
+    from phenaki_jax.evaluation import judge
     from phenaki_jax.inference.tokenizer import tokenize_and_reconstruct
     from phenaki_jax.stages import registry
 
@@ -116,6 +117,15 @@ def main(argv: Sequence[str]) -> None:
 
     held_colors = {c for c, _ in held}
     is_held = np.array([o in sw.HELD_OUT for o in owners])
+    # pair_clips' order: pair, then direction, then clip.
+    directions = [d for _ in held + seen for d in sw.DIRECTIONS
+                  for _ in range(FLAGS.clips_per_direction)]
+    captions = [sw.caption_video(c, s, d) for (c, s), d in zip(owners, directions, strict=True)]
+
+    def judge_pass(frames: np.ndarray, chosen: np.ndarray) -> float:
+        return float(np.mean([judge.judge_segment(f, cap, resolution)["adheres"]
+                              for f, cap, keep in zip(frames, captions, chosen, strict=True)
+                              if keep]))
     report = {
         "workdir": FLAGS.workdir, "step": int(state.step), "resolution": resolution,
         "clips": len(owners),
@@ -128,6 +138,12 @@ def main(argv: Sequence[str]) -> None:
         "seen_db": {f"{c} {s}": mean_over([(c, s)]) for c, s in seen},
         "per_frame_db": {"held_out": psnr_db(mse[is_held].mean(0)).round(2).tolist(),
                          "seen": psnr_db(mse[~is_held].mean(0)).round(2).tolist()},
+        # What the judge of phenaki-eval says of the reconstructions (and of the rendered
+        # clips themselves): a transformer whose tokens decode through this tokenizer adheres
+        # at most about this often.
+        "judge_pass": {"held_out": judge_pass(recon, is_held),
+                       "seen": judge_pass(recon, ~is_held),
+                       "held_out_rendered": judge_pass(clips, is_held)},
         "error_shares": {"held_out": error_shares(clips[is_held], recon[is_held]),
                          "seen": error_shares(clips[~is_held], recon[~is_held])},
         "unquantized": {
