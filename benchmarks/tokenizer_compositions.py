@@ -40,17 +40,20 @@ def define_flags() -> None:
 
 
 def pair_clips(pairs: Sequence[tuple[str, str]], per_direction: int, resolution: int,
-               rng: np.random.Generator) -> tuple[np.ndarray, list[tuple[str, str]]]:
-    """uint8 [N, 11, R, R, 3] clips of constant colour and velocity, and each clip's pair."""
+               rng: np.random.Generator
+               ) -> tuple[np.ndarray, list[tuple[str, str]], list[str]]:
+    """uint8 [N, 11, R, R, 3] clips of constant colour and velocity, each clip's pair, and
+    each clip's caption."""
     from phenaki_jax.data import shapes_world as sw
 
-    clips, owners = [], []
+    clips, owners, captions = [], [], []
     for color, shape in pairs:
         for direction in sw.DIRECTIONS:
             for _ in range(per_direction):
                 clips.append(sw.moving_clip(color, shape, direction, rng, resolution)[0])
                 owners.append((color, shape))
-    return np.stack(clips), owners
+                captions.append(sw.caption_video(color, shape, direction))
+    return np.stack(clips), owners, captions
 
 
 def psnr_db(mse: float | np.ndarray) -> float | np.ndarray:
@@ -104,7 +107,8 @@ def main(argv: Sequence[str]) -> None:
     rng = np.random.default_rng(FLAGS.seed)
     held = sorted(sw.HELD_OUT)
     seen = list(sw.VIDEO_PAIRS)
-    clips, owners = pair_clips(held + seen, FLAGS.clips_per_direction, resolution, rng)
+    clips, owners, captions = pair_clips(held + seen, FLAGS.clips_per_direction, resolution,
+                                         rng)
     recon, _ = tokenize_and_reconstruct(stage, state, clips)
     mse = np.square(recon.astype(np.float64) - clips.astype(np.float64)).mean(axis=(2, 3, 4))
     unquantized = reconstruct_unquantized(stage, state, clips)
@@ -117,10 +121,6 @@ def main(argv: Sequence[str]) -> None:
 
     held_colors = {c for c, _ in held}
     is_held = np.array([o in sw.HELD_OUT for o in owners])
-    # pair_clips' order: pair, then direction, then clip.
-    directions = [d for _ in held + seen for d in sw.DIRECTIONS
-                  for _ in range(FLAGS.clips_per_direction)]
-    captions = [sw.caption_video(c, s, d) for (c, s), d in zip(owners, directions, strict=True)]
 
     def judge_pass(frames: np.ndarray, chosen: np.ndarray) -> float:
         return float(np.mean([judge.judge_segment(f, cap, resolution)["adheres"]

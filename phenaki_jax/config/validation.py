@@ -221,7 +221,7 @@ def _dtype(model: Config, section: str = "model") -> None:
                           f"got {remat!r}")
 
 
-# Random symmetries of the tokenizer's training clips (`stages.augment`).
+# Random symmetries, shifts and zooms of the tokenizer's training clips (`stages.augment`).
 AUGMENT_OPS = ("flip", "dihedral", "reverse", "channels", "shift", "zoom")
 
 

@@ -25,13 +25,14 @@ def _load():
 def test_composition_clips_are_judged_as_their_pair_and_direction():
     bench = _load()
     pairs = sorted(sw.HELD_OUT) + [("red", "circle"), ("white", "square")]
-    clips, owners = bench.pair_clips(pairs, 2, 32, np.random.default_rng(0))
+    clips, owners, captions = bench.pair_clips(pairs, 2, 32, np.random.default_rng(0))
     assert clips.shape == (len(pairs) * len(sw.DIRECTIONS) * 2, sw.NUM_FRAMES, 32, 32, 3)
     assert owners == [p for p in pairs for _ in range(len(sw.DIRECTIONS) * 2)]
     size = sw.object_size(32)
     for i, (color, shape) in enumerate(owners):
         direction = sw.DIRECTIONS[(i // 2) % len(sw.DIRECTIONS)]
-        verdict = judge.judge_segment(clips[i], sw.caption_video(color, shape, direction), 32)
+        assert captions[i] == sw.caption_video(color, shape, direction)
+        verdict = judge.judge_segment(clips[i], captions[i], 32)
         assert verdict["adheres"], (i, color, shape, direction, verdict["direction"])
         # every frame shows the whole object: as many lit pixels as the shape has
         lit = clips[i].any(-1).sum(axis=(1, 2))
