@@ -94,6 +94,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.masking.frame_fraction = 0.0
     # A continuation's context frames (which its caption does not tell) are always given.
     c.masking.give_context = True
+    # Weight of an image's masked tokens in the loss, against 1 for a video's. An image has
+    # one token frame of a video's t, so at 1 its tokens are a small share of each batch's
+    # loss; t makes an image weigh as much as a video.
+    c.masking.image_weight = 1.0
 
     # Decoding defaults, chosen on tiny with phenaki-eval (docs/experiments/prompt-adherence.md).
     c.sampling = ml_collections.ConfigDict()

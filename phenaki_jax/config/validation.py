@@ -315,6 +315,9 @@ def _validate_maskgit(config: Config) -> None:
     in_range(config, "label_smoothing", 0, 1, high_open=True)
     in_range(config, "masking.prefix_fraction", 0, 1)
     in_range(config, "masking.frame_fraction", 0, 1)
+    weight = config.masking.get("image_weight", 1.0)
+    if not (_is_number(weight) and weight > 0):
+        raise ConfigError(f"config.masking.image_weight must be a number > 0, got {weight!r}")
     in_range(config, "data.image_fraction", 0, 1)
     in_range(config, "data.continuation_fraction", 0, 1)
     validate_sampling(config.sampling, "config.sampling.")

@@ -25,9 +25,15 @@ def token_cross_entropy(logits: Array, ids: Array, label_smoothing: float = 0.0
 
 
 def masked_cross_entropy(logits: Array, ids: Array, masked: Array,
-                         label_smoothing: float = 0.0) -> tuple[Array, Array]:
-    """Mean cross-entropy and accuracy over the masked tokens only. logits [B, N, V]."""
+                         label_smoothing: float = 0.0, example_weights: Array | None = None
+                         ) -> tuple[Array, Array]:
+    """Mean cross-entropy and accuracy over the masked tokens only. logits [B, N, V].
+
+    `example_weights` [B], if given, weights every masked token of an example (the mean is
+    then over the weights, so a constant weight changes nothing)."""
     ce, correct = token_cross_entropy(logits, ids, label_smoothing)
     weights = masked.astype(jnp.float32)
+    if example_weights is not None:
+        weights = weights * example_weights.astype(jnp.float32)[:, None]
     count = jnp.maximum(weights.sum(), 1.0)
     return (ce * weights).sum() / count, (correct * weights).sum() / count

@@ -216,11 +216,14 @@ class MaskGITStage(Stage):
                                     self._given_frames(batch))
         inputs = jnp.where(masked, self.model.mask_id, flat)
         drop = jax.random.uniform(k_drop, (b,)) < c.text.dropout
+        image_weight = c.masking.get("image_weight", 1.0)
+        weights = None if image_weight == 1.0 else jnp.where(
+            batch["is_image"] > 0, image_weight, 1.0)
 
         def loss_fn(params: Any) -> tuple[Array, Array]:
             logits = self._logits(params, state, batch, inputs, drop, valid)
             loss, acc = masked_cross_entropy(logits, flat, masked,
-                                             c.get("label_smoothing", 0.0))
+                                             c.get("label_smoothing", 0.0), weights)
             return loss, acc
 
         (loss, acc), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)

@@ -137,6 +137,60 @@ def test_masked_cross_entropy_ignores_unmasked_tokens():
     assert np.allclose(np.asarray(grad), ref_grad, atol=1e-6)
 
 
+def test_masked_cross_entropy_weights_examples():
+    # Example weights w: sum over masked tokens of w * ce, over the sum of w per masked token
+    # (NumPy); a weight that multiplies every example changes nothing.
+    rng = np.random.default_rng(1)
+    logits = rng.standard_normal((3, N, 7)).astype(np.float32)
+    ids = rng.integers(0, 7, (3, N))
+    masked = rng.random((3, N)) < 0.5
+    w = np.array([6.0, 1.0, 1.0], np.float32)
+    logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    ce = -np.take_along_axis(logp, ids[..., None], -1)[..., 0]
+    tw = masked * w[:, None]
+    args = (jnp.asarray(logits), jnp.asarray(ids), jnp.asarray(masked))
+    loss, acc = losses.masked_cross_entropy(*args, example_weights=jnp.asarray(w))
+    assert np.isclose(float(loss), (ce * tw).sum() / tw.sum(), rtol=1e-5)
+    assert np.isclose(float(acc), ((logits.argmax(-1) == ids) * tw).sum() / tw.sum())
+    plain = float(losses.masked_cross_entropy(*args)[0])
+    assert not np.isclose(float(loss), plain, rtol=1e-3)
+    same = losses.masked_cross_entropy(*args, example_weights=jnp.full((3,), 2.5))[0]
+    assert np.isclose(float(same), plain, rtol=1e-6)
+
+
+def test_a_training_step_weights_image_tokens_by_image_weight():
+    # One state, one batch (two images, two videos), the same masks at every weight. A huge
+    # or tiny image weight gives the images' or the videos' own mean loss (A, V); weight 1
+    # the token-weighted mean, which fixes the images' share r of the masked tokens; then
+    # weight 6 must give (6 r A + V) / (6 r + 1).
+    from phenaki_jax import sharding
+    from phenaki_jax.stages import registry
+    from phenaki_jax.stages.state import create_state
+
+    c = load_config("maskgit")
+    c.batch_size = 4
+    c.model.width, c.model.mlp_dim, c.model.num_heads, c.model.num_layers = 16, 32, 2, 1
+    c.text.embed_dim, c.text.mlp_dim, c.text.num_layers = 16, 32, 1
+    c.tokens.grid, c.tokens.vocab_size, c.data.num_frames = (3, 2, 2), 16, 5
+    c.warmup_steps = 0
+    c, stage = registry.for_benchmark(c, 1)
+    loss = {}
+    with sharding.active(sharding.make_mesh(c)):
+        init, _, _ = create_state(stage.init, sharding.make_mesh(c), jax.random.key(0))
+        state = init(jax.random.key(0))
+        batch = stage.bench_batch(np.random.default_rng(0))
+        batch["is_image"] = np.array([1, 0, 1, 0], np.int32)
+        for w in (1e6, 1e-6, 1.0, 6.0):
+            stage.config.masking.image_weight = w
+            step = jax.jit(lambda s, b: stage.train_step(s, b))  # traced anew for each weight
+            loss[w] = float(step(state, batch)[1]["loss"])
+    a, v, mixed = loss[1e6], loss[1e-6], loss[1.0]
+    assert abs(a - v) > 0.05  # the two kinds of example must differ for the test to mean much
+    r = (v - mixed) / (mixed - a)
+    assert 0 < r < 1
+    assert np.isclose(loss[6.0], (6 * r * a + v) / (6 * r + 1), rtol=1e-4)
+
+
 def _tiny_model(vocab=32):
     model = MaskGIT(vocab_size=vocab, grid=GRID, width=32, num_layers=2, num_heads=2,
                     mlp_dim=64, text_dim=16)
@@ -394,6 +448,7 @@ def test_rows_with_their_own_keys_do_not_depend_on_their_batch():
     ("label_smoothing", 1.0, "bench"),
     ("sampling.choice_temperature", -1.0, "bench"),
     ("masking.frame_fraction", 1.5, "bench"),
+    ("masking.image_weight", 0.0, "bench"),
     ("sampling.refine_sweeps", -1, "bench"),
     ("tokenizer_workdir", None, "train"),  # the default config has none to train with
 ])
