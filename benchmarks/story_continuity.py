@@ -3,7 +3,8 @@ transformers (for example three training seeds of the demo's recipe), as JSON li
 
     .venv/bin/python benchmarks/story_continuity.py --workdir=runs/demo/transformer \
         [--workdir=runs/demo_seed1/transformer ...] [--stories=8] [--length=160] [--seed=0] \
-        [--unconstrained] [--targets] [--clips=60] [--target_stories=30] [--output_dir=DIR]
+        [--unconstrained] [--targets] [--clips=60] [--target_stories=30] [--output_dir=DIR] \
+        [--num_steps=N ...]
 
 For each workdir, `--stories` stories of `--length` prompts are told by the story decoder with
 the evaluation's watching storyteller (a prompt that would push the object off the canvas is
@@ -12,8 +13,9 @@ step by frame step (`phenaki_jax.evaluation.continuity`): breaks per 1000 frame 
 and by place (seam, tubelet boundary, within a tubelet), how many stories break at least
 once, and the segment adherence of the first and last ten prompts. With `--targets` it also
 runs `phenaki-eval`'s sets with 3- and 4-prompt stories and checks each adherence target with
-the 5-point margin. One JSON line per workdir; with several, a last line with the spread
-(min / max) of every number.
+the 5-point margin. The decoding flags of phenaki-story and phenaki-eval (`--num_steps`,
+`--temperature`, ...) override each checkpoint's `config.sampling` in every part. One JSON line
+per workdir; with several, a last line with the spread (min / max) of every number.
 """
 
 from __future__ import annotations
@@ -59,10 +61,11 @@ def measure(workdir: str, args: SimpleNamespace) -> dict:
     from phenaki_jax.inference.story import StoryDecoder
     from phenaki_jax.inference.story_io import Story
 
-    decoder = StoryDecoder(workdir, batch_size=args.stories)
+    decoder = StoryDecoder(workdir, batch_size=args.stories, **args.sampling)
     prompts = prompt_sets(args.seed, 1, args.stories, args.length)["stories"]
     stories = [Story(f"long_{i:03d}", p, args.seed + i) for i, p in enumerate(prompts)]
-    out = {"workdir": workdir, "length": args.length, "seed": args.seed}
+    out = {"workdir": workdir, "length": args.length, "seed": args.seed,
+           "sampling": decoder.sampling.as_dict()}
     storytellers = {"watching": keep_inside(decoder.resolution,
                                             decoder.num_frames - decoder.cond_frames)}
     if args.unconstrained:
@@ -74,7 +77,7 @@ def measure(workdir: str, args: SimpleNamespace) -> dict:
                      "seconds": round(time.time() - t0, 1)}
     if args.targets:
         out["targets"] = {}
-        decoder = StoryDecoder(workdir, batch_size=16)  # phenaki-eval's batch
+        decoder = StoryDecoder(workdir, batch_size=16, **args.sampling)  # phenaki-eval's batch
         for length in (3, 4):
             directory = os.path.join(args.output_dir, workdir.strip("/").replace("/", "_"),
                                      f"eval_{length}")
@@ -107,6 +110,7 @@ def spread(rows: list[dict]) -> dict:
 
 
 def main(argv: Sequence[str]) -> None:
+    from phenaki_jax.cli import sampling_flags
     from phenaki_jax.cli.common import UsageError
 
     if len(argv) > 1:
@@ -117,6 +121,7 @@ def main(argv: Sequence[str]) -> None:
     args = SimpleNamespace(**{k: FLAGS[k].value for k in (
         "stories", "length", "seed", "unconstrained", "targets", "clips", "target_stories")})
     args.output_dir = FLAGS.output_dir or tempfile.mkdtemp(prefix="story_continuity_")
+    args.sampling = sampling_flags.values()
     rows = []
     for w in FLAGS.workdir:
         rows.append(measure(w, args))
@@ -128,6 +133,7 @@ def main(argv: Sequence[str]) -> None:
 if __name__ == "__main__":
     from phenaki_jax.checkpoint import CheckpointError
     from phenaki_jax.cli import common as cli
+    from phenaki_jax.cli import sampling_flags  # noqa: F401  (defines the decoding flags)
     from phenaki_jax.inference.story_io import StoryError
 
     define_flags()
