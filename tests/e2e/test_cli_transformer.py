@@ -36,23 +36,23 @@ def test_trained_transformer_uses_its_text(micro_transformer_dir):
 def test_resume_from_a_periodic_checkpoint_repeats_the_same_losses(micro_transformer_dir,
                                                                    micro_tokenizer_dir,
                                                                    tmp_path):
-    # Copy the finished run, drop its final checkpoint and the log after step 200, and resume:
-    # steps 201..400 must log exactly what the uninterrupted run logged.
+    # Copy the finished run, drop its final checkpoint and the log after step 1400, and resume:
+    # steps 1401..1600 must log exactly what the uninterrupted run logged.
     workdir = str(tmp_path / "resumed")
     shutil.copytree(micro_transformer_dir, workdir)
     for d in glob.glob(os.path.join(workdir, "checkpoints", "*")):
-        if os.path.basename(d) != "200":
+        if os.path.basename(d) != "1400":
             shutil.rmtree(d)
     reference = {r["step"]: r["loss"] for r in rows(micro_transformer_dir) if "loss" in r}
     with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in rows(micro_transformer_dir)
-                     if r["step"] <= 200 and "loss" in r)
+                     if r["step"] <= 1400 and "loss" in r)
     # Compiled as the fixture was (its programs come from the compilation cache), and 200
     # steps run faster optimised. Without the final evaluation, which the losses do not need.
     run_cli("train", *MICRO_TRANSFORMER, f"--workdir={workdir}", "--config.eval_batches=0",
             f"--config.tokenizer_workdir={micro_tokenizer_dir}", check=True, optimize=True)
     resumed = {r["step"]: r["loss"] for r in rows(workdir) if "loss" in r}
-    later = [s for s in reference if s > 200]
+    later = [s for s in reference if s > 1400]
     assert later
     for s in later:
         np.testing.assert_allclose(resumed[s], reference[s], rtol=1e-5)

@@ -157,9 +157,8 @@ def test_the_editor_generates_edits_and_downloads_in_a_real_browser(server, tmp_
     assert [s["prompt"] for s in manifest["segments"]] == [PROMPTS[0], EDITED, PROMPTS[2]]
     assert a.shape == b.shape == (23, 32, 32, 3)
     assert (b[:11] == a[:11]).all()  # segment 1, bit for bit
-    # Segment 1 was kept, not generated again: its recorded time is the parent's. (Whether
-    # segment 2's pixels differ from the parent's depends on how much the micro model heeds
-    # its text, which differs between CPU types: on some its text gain is 0.06 nats.)
+    assert not (b[11:17] == a[11:17]).all()  # segment 2 follows the edited prompt
+    # Segment 1 was kept, not generated again: its recorded time is the parent's.
     def timing(story):
         with open(os.path.join(server.out, "stories", f"{story}.json")) as f:
             return json.load(f)["seconds_per_prompt"]
