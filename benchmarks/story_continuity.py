@@ -38,6 +38,8 @@ MARGIN = 0.05
 
 
 def define_flags() -> None:
+    from phenaki_jax.cli import sampling_flags  # noqa: F401  (defines the decoding flags)
+
     flags.DEFINE_multi_string("workdir", None, "A transformer workdir (repeat for several).",
                               required=True)
     flags.DEFINE_integer("stories", 8, "Long stories per workdir.", lower_bound=1)
@@ -133,7 +135,6 @@ def main(argv: Sequence[str]) -> None:
 if __name__ == "__main__":
     from phenaki_jax.checkpoint import CheckpointError
     from phenaki_jax.cli import common as cli
-    from phenaki_jax.cli import sampling_flags  # noqa: F401  (defines the decoding flags)
     from phenaki_jax.inference.story_io import StoryError
 
     define_flags()

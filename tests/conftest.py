@@ -164,14 +164,16 @@ MICRO_TOKENIZER = ["--config=configs/cvivit.py:variant=tiny", "--config.total_st
                    # set on it
                    "--config.data.image_batch_size=0", "--config.ema_decay=0",
                    "--config.quantizer.restart_stop_fraction=1"]
+# Its periodic checkpoint: the resume test runs the last 200 steps again from there.
+MICRO_TRANSFORMER_RESUME_STEP = 1400
 MICRO_TRANSFORMER = ["--config=configs/maskgit.py:variant=tiny", "--config.total_steps=1600",
                      "--config.batch_size=8", "--config.model.width=64",
                      "--config.model.num_layers=2", "--config.model.num_heads=2",
                      "--config.model.mlp_dim=128",
                      "--config.text.embed_dim=32", "--config.text.num_layers=1",
                      "--config.text.num_heads=2", "--config.text.mlp_dim=64",
-                     # a checkpoint at 1400: the resume test runs the last 200 steps again
-                     "--config.log_every_steps=10", "--config.checkpoint_every_steps=1400",
+                     "--config.log_every_steps=10",
+                     f"--config.checkpoint_every_steps={MICRO_TRANSFORMER_RESUME_STEP}",
                      "--config.eval_batches=16", "--config.warmup_steps=10",
                      "--config.sampling.num_steps=4", "--config.learning_rate=3e-3"]
 

@@ -8,7 +8,13 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import MICRO_TRANSFORMER, assert_one_line_error, load_config, run_cli
+from conftest import (
+    MICRO_TRANSFORMER,
+    MICRO_TRANSFORMER_RESUME_STEP,
+    assert_one_line_error,
+    load_config,
+    run_cli,
+)
 
 
 def rows(workdir):
@@ -36,23 +42,24 @@ def test_trained_transformer_uses_its_text(micro_transformer_dir):
 def test_resume_from_a_periodic_checkpoint_repeats_the_same_losses(micro_transformer_dir,
                                                                    micro_tokenizer_dir,
                                                                    tmp_path):
-    # Copy the finished run, drop its final checkpoint and the log after step 1400, and resume:
-    # steps 1401..1600 must log exactly what the uninterrupted run logged.
+    # Copy the finished run, drop its final checkpoint and the log after the periodic
+    # checkpoint's step, and resume: the later steps must log what the uninterrupted run logged.
+    kept = MICRO_TRANSFORMER_RESUME_STEP
     workdir = str(tmp_path / "resumed")
     shutil.copytree(micro_transformer_dir, workdir)
     for d in glob.glob(os.path.join(workdir, "checkpoints", "*")):
-        if os.path.basename(d) != "1400":
+        if os.path.basename(d) != str(kept):
             shutil.rmtree(d)
     reference = {r["step"]: r["loss"] for r in rows(micro_transformer_dir) if "loss" in r}
     with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in rows(micro_transformer_dir)
-                     if r["step"] <= 1400 and "loss" in r)
+                     if r["step"] <= kept and "loss" in r)
     # Compiled as the fixture was (its programs come from the compilation cache), and 200
     # steps run faster optimised. Without the final evaluation, which the losses do not need.
     run_cli("train", *MICRO_TRANSFORMER, f"--workdir={workdir}", "--config.eval_batches=0",
             f"--config.tokenizer_workdir={micro_tokenizer_dir}", check=True, optimize=True)
     resumed = {r["step"]: r["loss"] for r in rows(workdir) if "loss" in r}
-    later = [s for s in reference if s > 1400]
+    later = [s for s in reference if s > kept]
     assert later
     for s in later:
         np.testing.assert_allclose(resumed[s], reference[s], rtol=1e-5)
