@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import time
 from collections.abc import Callable
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
@@ -109,7 +111,29 @@ def judge_results(results: list[Any], resolution: int) -> tuple[list[dict], dict
                      "continuous": verdict["continuous"],
                      "max_jump_px": round(verdict["max_jump"], 3)})
     return rows, {"adherence": float(np.mean(seg_ok)) if seg_ok else 0.0,
-                  "continuity": float(np.mean(cont_ok)) if cont_ok else 0.0}
+                  "continuity": float(np.mean(cont_ok)) if cont_ok else 0.0,
+                  "segments": len(seg_ok), "segments_adhering": int(np.sum(seg_ok)),
+                  "stories_continuous": int(np.sum(cont_ok))}
+
+
+def wilson_interval(successes: int, trials: int, confidence: float = 0.95
+                    ) -> tuple[float, float]:
+    """Wilson score interval of a binomial rate: where a set's true rate lies, given that
+    `successes` of its `trials` passed. Each adherence rate is a count over a few hundred
+    clips at most, so a difference of a few points between two sets may be chance alone."""
+    if trials < 1 or not 0 <= successes <= trials:
+        raise ValueError(f"need 0 <= successes <= trials and trials >= 1, got {successes} "
+                         f"of {trials}")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
+    z = NormalDist().inv_cdf(0.5 + confidence / 2)
+    p = successes / trials
+    centre = (p + z * z / (2 * trials)) / (1 + z * z / trials)
+    half = z / (1 + z * z / trials) * math.sqrt(p * (1 - p) / trials
+                                                 + z * z / (4 * trials * trials))
+    # At 0 or all passed the interval's end is exactly the rate; rounding must not cut it off.
+    return (0.0 if successes == 0 else centre - half,
+            1.0 if successes == trials else centre + half)
 
 
 def contact_sheet(sections: list[tuple[str, list[Any], list[dict]]], path: str,
@@ -221,5 +245,14 @@ def evaluate(decoder: StoryDecoder, output_dir: str, plan: EvalPlan = EvalPlan()
         "image_to_video_adherence": report["image_to_video"]["adherence"],
         "image_to_video_frame0_psnr_db": report["image_to_video"]["frame0_psnr_db"],
     }
+    # 95% intervals of the headline rates: the judged counts, not the rates, decide them.
+    counts = {"in_distribution_adherence": ("in_distribution", "segments_adhering", "segments"),
+              "held_out_adherence": ("held_out", "segments_adhering", "segments"),
+              "story_segment_adherence": ("stories", "segments_adhering", "segments"),
+              "story_continuity": ("stories", "stories_continuous", "count"),
+              "image_to_video_adherence": ("image_to_video", "segments_adhering", "segments")}
+    report["summary"]["intervals_95"] = {
+        key: [round(x, 4) for x in wilson_interval(report[name][k], report[name][n])]
+        for key, (name, k, n) in counts.items()}
     storage.write_text(os.path.join(output_dir, "eval_report.json"), json.dumps(report, indent=2))
     return report

@@ -71,6 +71,7 @@ def test_judge_results_pass_rendered_truth_and_fail_wrong_prompts():
     assert [r["segment_adherence"] for r in rows] == [[True], [False], [False]]
     assert rows[1]["judged"][0]["color"] == "red" and rows[2]["judged"][0]["direction"] == "down"
     assert rates["adherence"] == pytest.approx(1 / 3) and rates["continuity"] == 1.0
+    assert (rates["segments"], rates["segments_adhering"], rates["stories_continuous"]) == (3, 1, 3)
 
     # A story whose object jumps by 5 px between two frames is not continuous.
     first = _clip("red", "triangle", "right", start=(4, 10))
@@ -79,7 +80,64 @@ def test_judge_results_pass_rendered_truth_and_fail_wrong_prompts():
                     np.concatenate([first, second]), [0, 11, 17])
     rows, rates = evaluation.judge_results([story], R)
     assert rows[0]["segment_adherence"] == [True, True] and rates["continuity"] == 0.0
+    assert (rates["segments"], rates["segments_adhering"], rates["stories_continuous"]) == (2, 2, 0)
     assert rows[0]["max_jump_px"] == pytest.approx(5.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("successes, trials", [(203, 240), (129, 240), (0, 60), (60, 60),
+                                                (1, 1), (159, 180), (17, 30)])
+@pytest.mark.parametrize("confidence", [0.95, 0.8])
+def test_wilson_interval_matches_scipy(successes, trials, confidence):
+    from scipy.stats import binomtest
+
+    ref = binomtest(successes, trials).proportion_ci(confidence_level=confidence,
+                                                     method="wilson")
+    lo, hi = evaluation.wilson_interval(successes, trials, confidence)
+    assert lo == pytest.approx(ref.low, abs=1e-9) and hi == pytest.approx(ref.high, abs=1e-9)
+    assert lo <= successes / trials <= hi
+
+
+def test_wilson_interval_narrows_with_more_trials_and_refuses_impossible_counts():
+    small = evaluation.wilson_interval(51, 60)
+    large = evaluation.wilson_interval(204, 240)  # the same 85%, four times the clips
+    assert large[1] - large[0] < small[1] - small[0]
+    for successes, trials in [(5, 4), (-1, 4), (0, 0)]:
+        with pytest.raises(ValueError, match="successes"):
+            evaluation.wilson_interval(successes, trials)
+    with pytest.raises(ValueError, match="confidence"):
+        evaluation.wilson_interval(1, 2, confidence=1.0)
+
+
+def test_evaluate_reports_rates_and_intervals_of_its_own_examples(micro_transformer_dir,
+                                                                   tmp_path):
+    """phenaki-eval's headline rates and their 95% intervals, recounted from the per-example
+    verdicts it writes, with scipy's Wilson interval as the reference."""
+    import json
+
+    from scipy.stats import binomtest
+
+    from phenaki_jax.inference.story import StoryDecoder
+
+    decoder = StoryDecoder(micro_transformer_dir, batch_size=4)
+    report = evaluation.evaluate(decoder, str(tmp_path),
+                                 evaluation.EvalPlan(clips=4, stories=3, story_length=2))
+    summary = report["summary"]
+    assert json.load(open(tmp_path / "eval_report.json"))["summary"] == summary
+    names = {"in_distribution_adherence": "in_distribution", "held_out_adherence": "held_out",
+             "story_segment_adherence": "stories", "story_continuity": "stories",
+             "image_to_video_adherence": "image_to_video"}
+    assert set(summary["intervals_95"]) == set(names)
+    for key, name in names.items():
+        rows = report[name]["examples"]
+        if key == "story_continuity":
+            verdicts = [r["continuous"] for r in rows]
+        else:
+            verdicts = [ok for r in rows for ok in r["segment_adherence"]]
+        assert len(verdicts) == (6 if key == "story_segment_adherence" else
+                                 3 if key == "story_continuity" else 4)
+        assert summary[key] == pytest.approx(sum(verdicts) / len(verdicts))
+        ref = binomtest(sum(verdicts), len(verdicts)).proportion_ci(method="wilson")
+        assert summary["intervals_95"][key] == pytest.approx([ref.low, ref.high], abs=1e-4)
 
 
 def test_frame_psnr_matches_its_definition():
