@@ -107,6 +107,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.sampling.choice_temperature = 4.5  # noise on the confidences that choose kept tokens
     c.sampling.time_bias = 0.0  # confidence handicap per token frame (earlier frames first)
     c.sampling.refine_sweeps = 1 if tiny else 0  # passes re-predicting each token frame
+    c.sampling.candidates = 1  # samples per clip, the most likely kept (decoding.best_of)
 
     if args.runlocal:
         parsing.apply_runlocal(c)

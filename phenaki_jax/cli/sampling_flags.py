@@ -22,6 +22,9 @@ _FLAGS = {
     "refine_sweeps": flags.DEFINE_integer(
         "refine_sweeps", None,
         "Passes that re-predict each token frame from all the others (default: config)."),
+    "candidates": flags.DEFINE_integer(
+        "candidates", None,
+        "Samples per clip, the one the model finds most likely kept (default: config)."),
 }
 
 

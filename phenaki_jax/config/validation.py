@@ -332,15 +332,18 @@ def _validate_maskgit(config: Config) -> None:
 
 
 def validate_sampling(values: Any, prefix: str) -> None:  # noqa: ANN401 - a mapping
-    """The decoding knobs: `num_steps` >= 1, `refine_sweeps` >= 0, the rest >= 0 (a missing
-    `choice_temperature` or None means: the token temperature). `prefix` names where they
-    came from (`config.sampling.` or `--` for a command's flags)."""
+    """The decoding knobs: `num_steps` and `candidates` >= 1, `refine_sweeps` >= 0, the rest
+    >= 0 (a missing `choice_temperature` or None means: the token temperature). `prefix`
+    names where they came from (`config.sampling.` or `--` for a command's flags)."""
     steps = values["num_steps"]
     if not _is_int(steps) or steps < 1:
         raise ConfigError(f"{prefix}num_steps must be an integer >= 1, got {steps!r}")
     sweeps = values.get("refine_sweeps", 0)
     if not _is_int(sweeps) or sweeps < 0:
         raise ConfigError(f"{prefix}refine_sweeps must be an integer >= 0, got {sweeps!r}")
+    candidates = values.get("candidates", 1)
+    if not _is_int(candidates) or candidates < 1:
+        raise ConfigError(f"{prefix}candidates must be an integer >= 1, got {candidates!r}")
     for f in ("guidance_scale", "temperature", "choice_temperature", "time_bias"):
         value = values.get(f)
         if value is None and f in ("choice_temperature", "time_bias"):

@@ -284,10 +284,19 @@ class MaskGITStage(Stage):
         """Parallel decoding of [B, t, h, w] token ids under the batch's text; `known` tokens
         stay. `settings.time_bias` lowers the confidence of token frame j by j * time_bias
         (earlier frames first); `settings.refine_sweeps` revisits every token frame that many
-        times afterwards (see `decoding.parallel_decode`)."""
+        times afterwards (see `decoding.parallel_decode`). With `settings.candidates` = C > 1
+        each example is sampled C times and the most likely sample kept
+        (`decoding.best_of`); the first sample is the one C = 1 gives, the others draw from
+        the example's key folded with 1 .. C-1, so an example still depends on its own key
+        only."""
         params = self.inference_params(state)
         context, context_mask = self.text.encode(params, state.aux, batch)
-        b = known_ids.shape[0]
+        b, c = known_ids.shape[0], settings.candidates
+        keys = jax.random.split(rng, b) if rng.ndim == 0 else rng  # as parallel_decode does
+        keys = jnp.concatenate([keys, *(jax.vmap(jax.random.fold_in, (0, None))(keys, i)
+                                        for i in range(1, c))])
+        known_ids = jnp.tile(known_ids.reshape(b, -1), (c, 1))
+        known = jnp.tile(known.reshape(b, -1), (c, 1))
 
         def logits_fn(tokens: Array, drop: Array) -> Array:
             rep = tokens.shape[0] // b
@@ -297,11 +306,14 @@ class MaskGITStage(Stage):
                 drop).reshape(tokens.shape[0], self.num_tokens, -1)
 
         out = decoding.parallel_decode(
-            logits_fn, known_ids.reshape(b, -1), known.reshape(b, -1), rng, settings.num_steps,
+            logits_fn, known_ids, known, keys, settings.num_steps,
             settings.guidance_scale, settings.temperature, self.model.mask_id,
             order_bias=-jnp.asarray(settings.time_bias, jnp.float32) * self._token_frame,
             choice_temperature=settings.choice_temperature,
             refine_sweeps=settings.refine_sweeps, frame_size=self.grid[1] * self.grid[2])
+        if c > 1:
+            out = decoding.best_of(logits_fn, out.reshape(c, b, -1), known[:b],
+                                   self.model.mask_id)
         return out.reshape(b, *self.grid)
 
     @property

@@ -89,6 +89,55 @@ def test_a_story_does_not_depend_on_its_batch(decoder):
     assert [r.frames.shape[0] for r in mixed] == [11, 23, 29]
 
 
+def test_candidates_keep_the_most_likely_of_the_samples_one_candidate_gives(decoder):
+    """With C candidates a clip is one of the C samples drawn with its key folded with
+    0 .. C-1 (sample 0: its key itself), the one `decoding.likelihood` rates highest; a row
+    still depends on its own key and text only."""
+    import jax
+    import jax.numpy as jnp
+
+    from phenaki_jax import decoding
+
+    b, (t, h, w) = decoder.batch_size, decoder.grid
+    text_ids, text_mask = decoder._text(PROMPTS, ["x"] * 3)
+    known_ids = jnp.zeros((b, t, h, w), jnp.int32)
+    known = jnp.zeros((b, t, h, w), bool).at[1, :1].set(True)
+    keys = jnp.stack([jax.random.key(s) for s in (3, 4, 5)])
+    one = decoder.sampling.replace(candidates=1)
+
+    def sample(k, settings):
+        return np.asarray(decoder._generate(decoder.state, text_ids, text_mask, known_ids,
+                                            known, k, settings))
+
+    samples = np.stack([sample(keys, one)] + [
+        sample(jax.vmap(jax.random.fold_in, (0, None))(keys, i), one) for i in (1, 2)])
+    best = sample(keys, decoder.sampling.replace(candidates=3))
+    params = decoder.stage.inference_params(decoder.state)
+    context, context_mask = decoder.stage.text.encode(
+        params, decoder.state.aux, {"text_ids": text_ids, "text_mask": text_mask})
+
+    def logits_fn(tokens, drop):
+        rep = tokens.shape[0] // b
+        return decoder.stage.model.apply(
+            {"params": params["transformer"]}, tokens.reshape(-1, t, h, w),
+            jnp.concatenate([context] * rep), jnp.concatenate([context_mask] * rep), drop
+        ).reshape(tokens.shape[0], t * h * w, -1)
+
+    # Scored as best_of scores them: the three samples of every row in one batch.
+    scores = np.asarray(decoding.likelihood(
+        logits_fn, jnp.asarray(samples.reshape(3 * b, -1)),
+        jnp.tile(known.reshape(b, -1), (3, 1)), decoder.stage.model.mask_id)).reshape(3, b)
+    assert len({samples[i].tobytes() for i in range(3)}) == 3
+    for row in range(b):
+        assert (best[row] == samples[scores[:, row].argmax(), row]).all()
+    # Rows in another order: each keeps its own choice.
+    order = [2, 0, 1]
+    swapped = np.asarray(decoder._generate(
+        decoder.state, text_ids[order], text_mask[order], known_ids, known[jnp.asarray(order)],
+        keys[jnp.asarray(order)], decoder.sampling.replace(candidates=3)))
+    assert (swapped == best[order]).all()
+
+
 def test_a_watching_storyteller_chooses_later_prompts_from_the_frames(decoder):
     from phenaki_jax.inference.story_io import Story
 

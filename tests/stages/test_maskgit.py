@@ -442,6 +442,68 @@ def test_rows_with_their_own_keys_do_not_depend_on_their_batch():
     assert (np.asarray(full[1]) == np.asarray(alone[0])).all()
 
 
+def _position_logits_fn(vocab, seed=3):
+    """A 'model' whose logits depend on the position only: its likelihood of a token sequence
+    is a NumPy sum, whatever is masked."""
+    w = 3 * jax.random.normal(jax.random.key(seed), (N, vocab))
+
+    def fn(tokens, drop):
+        return jnp.broadcast_to(w[None], (tokens.shape[0], N, vocab)) + 5.0 * drop[:, None, None]
+
+    return fn, np.asarray(w, np.float64)
+
+
+def _log_softmax(w):
+    w = w - w.max(-1, keepdims=True)
+    return w - np.log(np.exp(w).sum(-1, keepdims=True))
+
+
+@pytest.mark.parametrize("pairs", [1, 2])
+def test_likelihood_scores_every_unknown_token_pairs_times_under_the_conditional_model(pairs):
+    vocab = 11
+    fn, w = _position_logits_fn(vocab)
+    rng = np.random.default_rng(pairs)
+    tokens = rng.integers(0, vocab, (3, N))
+    known = rng.random((3, N)) < 0.3
+    got = np.asarray(decode.likelihood(fn, jnp.asarray(tokens), jnp.asarray(known), vocab,
+                                       pairs))
+    per_token = np.take_along_axis(_log_softmax(w)[None], tokens[..., None], -1)[..., 0]
+    want = pairs * np.where(known, 0.0, per_token).sum(1)
+    assert got == pytest.approx(want, rel=1e-5)
+
+    hidden = []
+
+    def spy(t, drop):
+        jax.debug.callback(lambda x, d: hidden.append((np.asarray(x) == vocab, np.asarray(d))),
+                           t, drop)
+        return fn(t, drop)
+
+    decode.likelihood(spy, jnp.asarray(tokens), jnp.asarray(known), vocab, pairs)
+    assert len(hidden) == 2 * pairs and not any(d.any() for _, d in hidden)
+    for i in range(pairs):  # each pair: two disjoint halves that cover the unknown tokens
+        a, b = hidden[i][0], hidden[i + pairs][0]
+        assert not (a & b).any() and ((a | b) == ~known).all()
+        assert 0.3 < a.sum() / (~known).sum() < 0.7
+
+
+def test_best_of_keeps_the_candidate_the_model_finds_most_likely():
+    vocab = 11
+    fn, w = _position_logits_fn(vocab)
+    rng = np.random.default_rng(0)
+    candidates = rng.integers(0, vocab, (4, 2, N))
+    candidates[2, 0] = w.argmax(-1)  # the most likely sequence there is, for example 0
+    known = np.zeros((2, N), bool)
+    known[1, :S] = True
+    candidates[:, 1, :S] = candidates[0, 1, :S]  # known tokens are the same in every sample
+    out = np.asarray(decode.best_of(fn, jnp.asarray(candidates), jnp.asarray(known), vocab))
+    per_token = np.take_along_axis(_log_softmax(w)[None, None], candidates[..., None],
+                                   -1)[..., 0]
+    scores = np.where(known[None], 0.0, per_token).sum(-1)  # [C, B]
+    assert scores.argmax(0)[0] == 2
+    for b in range(2):
+        assert (out[b] == candidates[scores[:, b].argmax(), b]).all()
+
+
 @pytest.mark.parametrize("field, value, use", [
     ("tokens.grid", (5, 4, 4), "bench"),
     ("text.encoder", "clip", "bench"),
@@ -450,6 +512,7 @@ def test_rows_with_their_own_keys_do_not_depend_on_their_batch():
     ("masking.frame_fraction", 1.5, "bench"),
     ("masking.image_weight", 0.0, "bench"),
     ("sampling.refine_sweeps", -1, "bench"),
+    ("sampling.candidates", 0, "bench"),
     ("tokenizer_workdir", None, "train"),  # the default config has none to train with
 ])
 def test_config_validation_names_the_field(field, value, use):
