@@ -223,6 +223,8 @@ def test_bad_inputs_get_one_line(micro_tokenizer_dir, micro_transformer_dir, tmp
                     out, "--choice_temperature=-1"), ["--choice_temperature", ">= 0"]),
         (story_args(micro_tokenizer_dir, micro_transformer_dir, f"--prompts_file={prompts}",
                     out, "--refine_sweeps=-1"), ["--refine_sweeps", ">= 0"]),
+        (story_args(micro_tokenizer_dir, micro_transformer_dir, f"--prompts_file={prompts}",
+                    out, "--candidates=0"), ["--candidates", ">= 1"]),
     ]
     garbage = tmp_path / "broken.png"
     garbage.write_bytes(b"\x89PNG\r\n\x1a\nnot really")
