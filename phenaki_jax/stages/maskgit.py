@@ -278,6 +278,24 @@ class MaskGITStage(Stage):
                 "eval_perplexity": math.exp(min(cond, 50.0))}
 
     # -- sampling ---------------------------------------------------------------------------
+    def text_logits_fn(self, state: state_lib.TrainState, batch: dict[str, Array]
+                       ) -> decoding.LogitsFn:
+        """The inference model under the batch's B texts, as decoding calls it: flat ids
+        [k * B, N] (k copies of the batch, e.g. conditional then text dropped, or several
+        samples of each example) -> logits [k * B, N, V]."""
+        params = self.inference_params(state)
+        context, context_mask = self.text.encode(params, state.aux, batch)
+        b = context.shape[0]
+
+        def logits_fn(tokens: Array, drop: Array) -> Array:
+            rep = tokens.shape[0] // b
+            return self.model.apply(
+                {"params": params["transformer"]}, tokens.reshape(-1, *self.grid),
+                jnp.concatenate([context] * rep), jnp.concatenate([context_mask] * rep),
+                drop).reshape(tokens.shape[0], self.num_tokens, -1)
+
+        return logits_fn
+
     def sample_ids(self, state: state_lib.TrainState, batch: dict[str, Array],
                    known_ids: Array, known: Array, rng: Array,
                    settings: SamplingSettings) -> Array:
@@ -289,31 +307,23 @@ class MaskGITStage(Stage):
         (`decoding.best_of`); the first sample is the one C = 1 gives, the others draw from
         the example's key folded with 1 .. C-1, so an example still depends on its own key
         only."""
-        params = self.inference_params(state)
-        context, context_mask = self.text.encode(params, state.aux, batch)
+        logits_fn = self.text_logits_fn(state, batch)
         b, c = known_ids.shape[0], settings.candidates
-        keys = jax.random.split(rng, b) if rng.ndim == 0 else rng  # as parallel_decode does
-        keys = jnp.concatenate([keys, *(jax.vmap(jax.random.fold_in, (0, None))(keys, i)
-                                        for i in range(1, c))])
-        known_ids = jnp.tile(known_ids.reshape(b, -1), (c, 1))
-        known = jnp.tile(known.reshape(b, -1), (c, 1))
-
-        def logits_fn(tokens: Array, drop: Array) -> Array:
-            rep = tokens.shape[0] // b
-            return self.model.apply(
-                {"params": params["transformer"]}, tokens.reshape(-1, *self.grid),
-                jnp.concatenate([context] * rep), jnp.concatenate([context_mask] * rep),
-                drop).reshape(tokens.shape[0], self.num_tokens, -1)
-
+        known_ids, known = known_ids.reshape(b, -1), known.reshape(b, -1)
+        keys = rng
+        if c > 1:
+            keys = jax.random.split(rng, b) if rng.ndim == 0 else rng  # as parallel_decode
+            keys = jnp.concatenate([keys, *(jax.vmap(jax.random.fold_in, (0, None))(keys, i)
+                                            for i in range(1, c))])
         out = decoding.parallel_decode(
-            logits_fn, known_ids, known, keys, settings.num_steps,
-            settings.guidance_scale, settings.temperature, self.model.mask_id,
+            logits_fn, jnp.tile(known_ids, (c, 1)), jnp.tile(known, (c, 1)), keys,
+            settings.num_steps, settings.guidance_scale, settings.temperature,
+            self.model.mask_id,
             order_bias=-jnp.asarray(settings.time_bias, jnp.float32) * self._token_frame,
             choice_temperature=settings.choice_temperature,
             refine_sweeps=settings.refine_sweeps, frame_size=self.grid[1] * self.grid[2])
         if c > 1:
-            out = decoding.best_of(logits_fn, out.reshape(c, b, -1), known[:b],
-                                   self.model.mask_id)
+            out = decoding.best_of(logits_fn, out.reshape(c, b, -1), known, self.model.mask_id)
         return out.reshape(b, *self.grid)
 
     @property

@@ -112,16 +112,8 @@ def test_candidates_keep_the_most_likely_of_the_samples_one_candidate_gives(deco
     samples = np.stack([sample(keys, one)] + [
         sample(jax.vmap(jax.random.fold_in, (0, None))(keys, i), one) for i in (1, 2)])
     best = sample(keys, decoder.sampling.replace(candidates=3))
-    params = decoder.stage.inference_params(decoder.state)
-    context, context_mask = decoder.stage.text.encode(
-        params, decoder.state.aux, {"text_ids": text_ids, "text_mask": text_mask})
-
-    def logits_fn(tokens, drop):
-        rep = tokens.shape[0] // b
-        return decoder.stage.model.apply(
-            {"params": params["transformer"]}, tokens.reshape(-1, t, h, w),
-            jnp.concatenate([context] * rep), jnp.concatenate([context_mask] * rep), drop
-        ).reshape(tokens.shape[0], t * h * w, -1)
+    logits_fn = decoder.stage.text_logits_fn(
+        decoder.state, {"text_ids": text_ids, "text_mask": text_mask})
 
     # Scored as best_of scores them: the three samples of every row in one batch.
     scores = np.asarray(decoding.likelihood(
