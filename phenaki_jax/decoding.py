@@ -43,12 +43,13 @@ class SamplingSettings:
     refine_sweeps: int = flax.struct.field(pytree_node=False)
     candidates: int = flax.struct.field(pytree_node=False)  # samples, the most likely kept
     guidance_scale: float
+    candidate_guidance: float  # the guidance scale the candidates are ranked at
     temperature: float
     choice_temperature: float  # noise on the confidences that choose the kept tokens
     time_bias: float  # confidence handicap per token frame: earlier frames first
 
     FIELDS = ("num_steps", "guidance_scale", "temperature", "choice_temperature", "time_bias",
-              "refine_sweeps", "candidates")
+              "refine_sweeps", "candidates", "candidate_guidance")
 
     @classmethod
     def from_config(cls, sampling: ml_collections.ConfigDict,
@@ -58,22 +59,26 @@ class SamplingSettings:
         A config without `time_bias`, `refine_sweeps` or `candidates` (an older checkpoint)
         decodes without them (one candidate); without `choice_temperature` (or None) the
         token temperature scales the confidence noise too, as it did before that field
-        existed.
+        existed; without `candidate_guidance` (or None) candidates are ranked at the
+        sampler's `guidance_scale`.
         """
         unknown = set(overrides) - set(cls.FIELDS)
         if unknown:
             raise TypeError(f"unknown sampling settings {sorted(unknown)}")
         values = {"time_bias": 0.0, "refine_sweeps": 0, "candidates": 1,
-                  "choice_temperature": None,
+                  "choice_temperature": None, "candidate_guidance": None,
                   **{k: sampling[k] for k in cls.FIELDS if k in sampling}}
         validate_sampling(values, "config.sampling.")
         values.update({k: v for k, v in overrides.items() if v is not None})
         validate_sampling(values, "--")
         if values["choice_temperature"] is None:
             values["choice_temperature"] = values["temperature"]
+        if values["candidate_guidance"] is None:
+            values["candidate_guidance"] = values["guidance_scale"]
         return cls(num_steps=int(values["num_steps"]), refine_sweeps=int(values["refine_sweeps"]),
                    candidates=int(values["candidates"]),
                    guidance_scale=float(values["guidance_scale"]),
+                   candidate_guidance=float(values["candidate_guidance"]),
                    temperature=float(values["temperature"]),
                    choice_temperature=float(values["choice_temperature"]),
                    time_bias=float(values["time_bias"]))
@@ -224,14 +229,15 @@ LIKELIHOOD_SEED = 20_250_601
 
 
 def likelihood(logits_fn: LogitsFn, tokens: Array, known: Array, mask_id: int,
-               pairs: int = 2) -> Array:
-    """[B] float32: each example's log-likelihood of its unknown tokens under the conditional
-    model, every unknown token predicted with about half of the others masked.
+               pairs: int = 2, guidance_scale: Array | float = 0.0) -> Array:
+    """[B] float32: each example's log-likelihood of its unknown tokens under the guided model
+    (`guided_logits` at `guidance_scale`; 0: the conditional model), every unknown token
+    predicted with about half of the others masked.
 
     A masked model has no exact likelihood; this sums log p(token | the other half, text) over
     `pairs` pairs of complementary random halves of the positions (fixed by
     LIKELIHOOD_SEED), so each unknown token is scored `pairs` times, and known tokens are
-    never masked or scored. 2 * `pairs` model calls on the batch.
+    never masked or scored. 2 * `pairs` model calls on the batch with and without its text.
     """
     b, n = tokens.shape
     halves = jax.random.bernoulli(jax.random.key(LIKELIHOOD_SEED), 0.5, (pairs, n))
@@ -239,20 +245,22 @@ def likelihood(logits_fn: LogitsFn, tokens: Array, known: Array, mask_id: int,
     total = jnp.zeros((b,), jnp.float32)
     for half in [*halves, *~halves]:
         hidden = half[None] & ~known
-        logits = logits_fn(jnp.where(hidden, mask_id, tokens), jnp.zeros((b,), bool))
-        log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+        logits = guided_pass(logits_fn, jnp.where(hidden, mask_id, tokens), guidance_scale)
+        log_probs = jax.nn.log_softmax(logits, axis=-1)
         scored = jnp.take_along_axis(log_probs, tokens[..., None], -1)[..., 0]
         total = total + jnp.sum(jnp.where(hidden, scored, 0.0), axis=1)
     return total
 
 
-def best_of(logits_fn: LogitsFn, candidates: Array, known: Array, mask_id: int) -> Array:
-    """int32 [B, N]: of C samples [C, B, N] per example, the one `likelihood` rates highest
-    (the first on a tie). Ragged samples are the unlikely ones: of four, the most likely
-    follows its prompt more often than any one sample does
-    (docs/experiments/prompt-adherence.md)."""
+def best_of(logits_fn: LogitsFn, candidates: Array, known: Array, mask_id: int,
+            guidance_scale: Array | float = 0.0) -> Array:
+    """int32 [B, N]: of C samples [C, B, N] per example, the one `likelihood` at
+    `guidance_scale` rates highest (the first on a tie). Ragged samples are the unlikely
+    ones; ranked under the conditional model alone, samples of a colour and shape that only
+    images show come out worse than one sample, and guidance in the ranking weighs the text
+    back in (docs/experiments/prompt-adherence.md)."""
     c, b, n = candidates.shape
     scores = likelihood(logits_fn, candidates.reshape(c * b, n), jnp.tile(known, (c, 1)),
-                        mask_id).reshape(c, b)
+                        mask_id, guidance_scale=guidance_scale).reshape(c, b)
     best = jnp.argmax(scores, axis=0)
     return jnp.take_along_axis(candidates, best[None, :, None], axis=0)[0]

@@ -25,6 +25,10 @@ _FLAGS = {
     "candidates": flags.DEFINE_integer(
         "candidates", None,
         "Samples per clip, the one the model finds most likely kept (default: config)."),
+    "candidate_guidance": flags.DEFINE_float(
+        "candidate_guidance", None,
+        "The guidance scale under which the candidates are ranked (default: config; "
+        "unset there: --guidance_scale)."),
 }
 
 

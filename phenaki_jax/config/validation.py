@@ -333,7 +333,8 @@ def _validate_maskgit(config: Config) -> None:
 
 def validate_sampling(values: Any, prefix: str) -> None:  # noqa: ANN401 - a mapping
     """The decoding knobs: `num_steps` and `candidates` >= 1, `refine_sweeps` >= 0, the rest
-    >= 0 (a missing `choice_temperature` or None means: the token temperature). `prefix`
+    >= 0 (a missing `choice_temperature` or None means: the token temperature; a missing
+    `candidate_guidance` or None: the guidance scale). `prefix`
     names where they came from (`config.sampling.` or `--` for a command's flags)."""
     steps = values["num_steps"]
     if not _is_int(steps) or steps < 1:
@@ -344,9 +345,10 @@ def validate_sampling(values: Any, prefix: str) -> None:  # noqa: ANN401 - a map
     candidates = values.get("candidates", 1)
     if not _is_int(candidates) or candidates < 1:
         raise ConfigError(f"{prefix}candidates must be an integer >= 1, got {candidates!r}")
-    for f in ("guidance_scale", "temperature", "choice_temperature", "time_bias"):
+    for f in ("guidance_scale", "temperature", "choice_temperature", "time_bias",
+              "candidate_guidance"):
         value = values.get(f)
-        if value is None and f in ("choice_temperature", "time_bias"):
+        if value is None and f in ("choice_temperature", "time_bias", "candidate_guidance"):
             continue
         if not _is_number(value) or value < 0:
             raise ConfigError(f"{prefix}{f} must be >= 0, got {value!r}")

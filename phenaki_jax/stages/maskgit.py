@@ -303,10 +303,10 @@ class MaskGITStage(Stage):
         stay. `settings.time_bias` lowers the confidence of token frame j by j * time_bias
         (earlier frames first); `settings.refine_sweeps` revisits every token frame that many
         times afterwards (see `decoding.parallel_decode`). With `settings.candidates` = C > 1
-        each example is sampled C times and the most likely sample kept
-        (`decoding.best_of`); the first sample is the one C = 1 gives, the others draw from
-        the example's key folded with 1 .. C-1, so an example still depends on its own key
-        only."""
+        each example is sampled C times and the sample most likely at guidance scale
+        `settings.candidate_guidance` kept (`decoding.best_of`); the first sample is the one
+        C = 1 gives, the others draw from the example's key folded with 1 .. C-1, so an
+        example still depends on its own key only."""
         logits_fn = self.text_logits_fn(state, batch)
         b, c = known_ids.shape[0], settings.candidates
         known_ids, known = known_ids.reshape(b, -1), known.reshape(b, -1)
@@ -323,7 +323,8 @@ class MaskGITStage(Stage):
             choice_temperature=settings.choice_temperature,
             refine_sweeps=settings.refine_sweeps, frame_size=self.grid[1] * self.grid[2])
         if c > 1:
-            out = decoding.best_of(logits_fn, out.reshape(c, b, -1), known, self.model.mask_id)
+            out = decoding.best_of(logits_fn, out.reshape(c, b, -1), known, self.model.mask_id,
+                                   settings.candidate_guidance)
         return out.reshape(b, *self.grid)
 
     @property

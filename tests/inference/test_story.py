@@ -91,8 +91,8 @@ def test_a_story_does_not_depend_on_its_batch(decoder):
 
 def test_candidates_keep_the_most_likely_of_the_samples_one_candidate_gives(decoder):
     """With C candidates a clip is one of the C samples drawn with its key folded with
-    0 .. C-1 (sample 0: its key itself), the one `decoding.likelihood` rates highest; a row
-    still depends on its own key and text only."""
+    0 .. C-1 (sample 0: its key itself), the one `decoding.likelihood` rates highest at the
+    candidates' guidance scale; a row still depends on its own key and text only."""
     import jax
     import jax.numpy as jnp
 
@@ -111,14 +111,16 @@ def test_candidates_keep_the_most_likely_of_the_samples_one_candidate_gives(deco
 
     samples = np.stack([sample(keys, one)] + [
         sample(jax.vmap(jax.random.fold_in, (0, None))(keys, i), one) for i in (1, 2)])
-    best = sample(keys, decoder.sampling.replace(candidates=3))
+    ranked = decoder.sampling.replace(candidates=3, candidate_guidance=2.0)
+    best = sample(keys, ranked)
     logits_fn = decoder.stage.text_logits_fn(
         decoder.state, {"text_ids": text_ids, "text_mask": text_mask})
 
     # Scored as best_of scores them: the three samples of every row in one batch.
     scores = np.asarray(decoding.likelihood(
         logits_fn, jnp.asarray(samples.reshape(3 * b, -1)),
-        jnp.tile(known.reshape(b, -1), (3, 1)), decoder.stage.model.mask_id)).reshape(3, b)
+        jnp.tile(known.reshape(b, -1), (3, 1)), decoder.stage.model.mask_id,
+        guidance_scale=2.0)).reshape(3, b)
     assert len({samples[i].tobytes() for i in range(3)}) == 3
     for row in range(b):
         assert (best[row] == samples[scores[:, row].argmax(), row]).all()
@@ -126,7 +128,7 @@ def test_candidates_keep_the_most_likely_of_the_samples_one_candidate_gives(deco
     order = [2, 0, 1]
     swapped = np.asarray(decoder._generate(
         decoder.state, text_ids[order], text_mask[order], known_ids, known[jnp.asarray(order)],
-        keys[jnp.asarray(order)], decoder.sampling.replace(candidates=3)))
+        keys[jnp.asarray(order)], ranked))
     assert (swapped == best[order]).all()
 
 

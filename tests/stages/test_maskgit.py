@@ -458,50 +458,87 @@ def _log_softmax(w):
     return w - np.log(np.exp(w).sum(-1, keepdims=True))
 
 
-@pytest.mark.parametrize("pairs", [1, 2])
-def test_likelihood_scores_every_unknown_token_pairs_times_under_the_conditional_model(pairs):
+def _text_position_logits_fn(vocab, seed=3):
+    """A 'model' whose logits depend on the position and on whether the text is dropped:
+    its likelihood of a token sequence at any guidance scale is a NumPy sum."""
+    w_cond = 3 * jax.random.normal(jax.random.key(seed), (N, vocab))
+    w_drop = 3 * jax.random.normal(jax.random.key(seed + 1), (N, vocab))
+
+    def fn(tokens, drop):
+        return jnp.where(drop[:, None, None], w_drop[None], w_cond[None])
+
+    return fn, np.asarray(w_cond, np.float64), np.asarray(w_drop, np.float64)
+
+
+def _guided_log_probs(w_cond, w_drop, scale):
+    """log p(token | position) under cond + scale (cond - uncond), in float64."""
+    return _log_softmax(w_cond + scale * (w_cond - w_drop))
+
+
+@pytest.mark.parametrize("pairs, scale", [(1, 0.0), (2, 0.0), (2, 1.5)])
+def test_likelihood_scores_every_unknown_token_pairs_times_under_the_guided_model(pairs, scale):
     vocab = 11
-    fn, w = _position_logits_fn(vocab)
+    fn, w_cond, w_drop = _text_position_logits_fn(vocab)
     rng = np.random.default_rng(pairs)
     tokens = rng.integers(0, vocab, (3, N))
     known = rng.random((3, N)) < 0.3
     got = np.asarray(decode.likelihood(fn, jnp.asarray(tokens), jnp.asarray(known), vocab,
-                                       pairs))
-    per_token = np.take_along_axis(_log_softmax(w)[None], tokens[..., None], -1)[..., 0]
+                                       pairs, scale))
+    per_token = np.take_along_axis(_guided_log_probs(w_cond, w_drop, scale)[None],
+                                   tokens[..., None], -1)[..., 0]
     want = pairs * np.where(known, 0.0, per_token).sum(1)
     assert got == pytest.approx(want, rel=1e-5)
 
-    hidden = []
+    calls = []
 
     def spy(t, drop):
-        jax.debug.callback(lambda x, d: hidden.append((np.asarray(x) == vocab, np.asarray(d))),
-                           t, drop)
+        jax.debug.callback(lambda x, d: calls.append((np.asarray(x), np.asarray(d))), t, drop)
         return fn(t, drop)
 
-    decode.likelihood(spy, jnp.asarray(tokens), jnp.asarray(known), vocab, pairs)
-    assert len(hidden) == 2 * pairs and not any(d.any() for _, d in hidden)
+    decode.likelihood(spy, jnp.asarray(tokens), jnp.asarray(known), vocab, pairs, scale)
+    assert len(calls) == 2 * pairs
+    hidden = []
+    for x, d in calls:  # the batch with its text, then the same tokens without
+        assert (~d[:3]).all() and d[3:].all() and (x[:3] == x[3:]).all()
+        hidden.append(x[:3] == vocab)
     for i in range(pairs):  # each pair: two disjoint halves that cover the unknown tokens
-        a, b = hidden[i][0], hidden[i + pairs][0]
+        a, b = hidden[i], hidden[i + pairs]
         assert not (a & b).any() and ((a | b) == ~known).all()
         assert 0.3 < a.sum() / (~known).sum() < 0.7
 
 
-def test_best_of_keeps_the_candidate_the_model_finds_most_likely():
+@pytest.mark.parametrize("scale", [0.0, 2.0])
+def test_best_of_keeps_the_candidate_most_likely_at_its_guidance_scale(scale):
     vocab = 11
-    fn, w = _position_logits_fn(vocab)
+    fn, w_cond, w_drop = _text_position_logits_fn(vocab)
     rng = np.random.default_rng(0)
     candidates = rng.integers(0, vocab, (4, 2, N))
-    candidates[2, 0] = w.argmax(-1)  # the most likely sequence there is, for example 0
+    # Example 0: the conditional model's favourite in slot 2, the guided one's in slot 1.
+    candidates[2, 0] = w_cond.argmax(-1)
+    candidates[1, 0] = _guided_log_probs(w_cond, w_drop, 2.0).argmax(-1)
+    assert (candidates[1, 0] != candidates[2, 0]).any()
     known = np.zeros((2, N), bool)
     known[1, :S] = True
     candidates[:, 1, :S] = candidates[0, 1, :S]  # known tokens are the same in every sample
-    out = np.asarray(decode.best_of(fn, jnp.asarray(candidates), jnp.asarray(known), vocab))
-    per_token = np.take_along_axis(_log_softmax(w)[None, None], candidates[..., None],
-                                   -1)[..., 0]
+    out = np.asarray(decode.best_of(fn, jnp.asarray(candidates), jnp.asarray(known), vocab,
+                                    scale))
+    per_token = np.take_along_axis(_guided_log_probs(w_cond, w_drop, scale)[None, None],
+                                   candidates[..., None], -1)[..., 0]
     scores = np.where(known[None], 0.0, per_token).sum(-1)  # [C, B]
-    assert scores.argmax(0)[0] == 2
+    assert scores.argmax(0)[0] == (2 if scale == 0.0 else 1)
     for b in range(2):
         assert (out[b] == candidates[scores[:, b].argmax(), b]).all()
+
+
+def test_candidates_are_ranked_at_the_sampling_guidance_unless_told_otherwise():
+    sampling = load_config("maskgit").sampling
+    del sampling["candidate_guidance"]  # a checkpoint from before the field
+    sampling.guidance_scale = 1.5
+    assert decode.SamplingSettings.from_config(sampling).candidate_guidance == 1.5
+    sampling.candidate_guidance = 0.0
+    assert decode.SamplingSettings.from_config(sampling).candidate_guidance == 0.0
+    assert decode.SamplingSettings.from_config(
+        sampling, candidate_guidance=3.0).candidate_guidance == 3.0
 
 
 @pytest.mark.parametrize("field, value, use", [
@@ -513,6 +550,7 @@ def test_best_of_keeps_the_candidate_the_model_finds_most_likely():
     ("masking.image_weight", 0.0, "bench"),
     ("sampling.refine_sweeps", -1, "bench"),
     ("sampling.candidates", 0, "bench"),
+    ("sampling.candidate_guidance", -1.0, "bench"),
     ("tokenizer_workdir", None, "train"),  # the default config has none to train with
 ])
 def test_config_validation_names_the_field(field, value, use):
