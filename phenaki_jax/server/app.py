@@ -31,7 +31,8 @@ from phenaki_jax.data.features import FPS
 from phenaki_jax.server.service import RequestError, StoryRequest, StoryService, parse_prompts
 
 SAMPLING_FIELDS = {"guidance_scale": float, "num_steps": int, "temperature": float,
-                   "choice_temperature": float, "refine_sweeps": int, "time_bias": float}
+                   "choice_temperature": float, "refine_sweeps": int, "time_bias": float,
+                   "candidates": int, "candidate_guidance": float}
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mov", ".mkv", ".avi", ".gif")
 MEDIA_TYPES = {"mp4": "video/mp4", "gif": "image/gif", "npy": "application/octet-stream",
                "json": "application/json"}

@@ -34,7 +34,7 @@ STORY_ID = re.compile(r"^s[0-9]{4,}-[0-9a-f]{8}$")
 FILE_KINDS = {"mp4": ".mp4", "gif": ".gif", "npy": ".npy", "json": ".json"}
 MAX_PROMPTS = 200
 MAX_PROMPT_CHARS = 1000
-LIMITS = {"num_steps": 64, "refine_sweeps": 8}
+LIMITS = {"num_steps": 64, "refine_sweeps": 8, "candidates": 8}
 
 
 class RequestError(ValueError):
@@ -135,7 +135,8 @@ class StoryService:
         manifest = json.loads(storage.read_text(self.path(story_id, "json")))
         keys = ("id", "num_frames", "segments", "prompts", "seed", "segment_seeds", "parent",
                 "from_segment", "guidance_scale", "num_steps", "temperature",
-                "choice_temperature", "refine_sweeps", "time_bias", "model")
+                "choice_temperature", "refine_sweeps", "time_bias", "candidates",
+                "candidate_guidance", "model")
         return {k: manifest.get(k) for k in keys}
 
     def path(self, story_id: str, kind: str) -> str:
@@ -168,7 +169,8 @@ class StoryService:
     # -- what the page asks for ------------------------------------------------------------
     def sampling(self, values: dict[str, Any]) -> SamplingSettings:
         """The checkpoint's sampling settings with a request's changes, validated as the
-        commands' flags are; the step counts are bounded (each new count compiles anew)."""
+        commands' flags are; the step and candidate counts are bounded (each new count
+        compiles anew, and candidates multiply the decoding)."""
         for name, high in LIMITS.items():
             if name in values and not 0 <= values[name] <= high:
                 raise RequestError(f"{name}: must be in [0, {high}], got {values[name]}")
