@@ -334,8 +334,8 @@ def _validate_maskgit(config: Config) -> None:
 def validate_sampling(values: Any, prefix: str) -> None:  # noqa: ANN401 - a mapping
     """The decoding knobs: `num_steps` and `candidates` >= 1, `refine_sweeps` >= 0, the rest
     >= 0 (a missing `choice_temperature` or None means: the token temperature; a missing
-    `candidate_guidance` or None: the guidance scale). `prefix`
-    names where they came from (`config.sampling.` or `--` for a command's flags)."""
+    `candidate_guidance` or None: the guidance scale). `prefix` names where they came from
+    (`config.sampling.` or `--` for a command's flags)."""
     steps = values["num_steps"]
     if not _is_int(steps) or steps < 1:
         raise ConfigError(f"{prefix}num_steps must be an integer >= 1, got {steps!r}")
