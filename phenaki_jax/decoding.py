@@ -106,6 +106,12 @@ def guided_pass(logits_fn: LogitsFn, tokens: Array, guidance_scale: Array | floa
     return guided_logits(logits[:b], logits[b:], guidance_scale)
 
 
+def row_keys(rng: Array, b: int) -> Array:
+    """One PRNG key per example [B]: `rng` split B ways, or `rng` itself when it already is
+    one key per example (then an example's draws depend on its own key only)."""
+    return jax.random.split(rng, b) if rng.ndim == 0 else rng
+
+
 def parallel_decode(logits_fn: LogitsFn, known_ids: Array, known: Array, rng: Array,
                     num_steps: int, guidance_scale: Array | float, temperature: Array | float,
                     mask_id: int, order_bias: Array | float = 0.0,
@@ -140,7 +146,7 @@ def parallel_decode(logits_fn: LogitsFn, known_ids: Array, known: Array, rng: Ar
     temperature = jnp.asarray(temperature, jnp.float32)
     choice_temperature = (temperature if choice_temperature is None
                           else jnp.asarray(choice_temperature, jnp.float32))
-    keys = jax.random.split(rng, b) if rng.ndim == 0 else rng
+    keys = row_keys(rng, b)
 
     def draws(s: Array, shape: tuple[int, ...]) -> tuple[Array, Array]:
         def one(key: Array) -> tuple[Array, Array]:

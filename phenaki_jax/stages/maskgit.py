@@ -312,7 +312,7 @@ class MaskGITStage(Stage):
         known_ids, known = known_ids.reshape(b, -1), known.reshape(b, -1)
         keys = rng
         if c > 1:
-            keys = jax.random.split(rng, b) if rng.ndim == 0 else rng  # as parallel_decode
+            keys = decoding.row_keys(rng, b)
             keys = jnp.concatenate([keys, *(jax.vmap(jax.random.fold_in, (0, None))(keys, i)
                                             for i in range(1, c))])
         out = decoding.parallel_decode(

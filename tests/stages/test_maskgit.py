@@ -442,17 +442,6 @@ def test_rows_with_their_own_keys_do_not_depend_on_their_batch():
     assert (np.asarray(full[1]) == np.asarray(alone[0])).all()
 
 
-def _position_logits_fn(vocab, seed=3):
-    """A 'model' whose logits depend on the position only: its likelihood of a token sequence
-    is a NumPy sum, whatever is masked."""
-    w = 3 * jax.random.normal(jax.random.key(seed), (N, vocab))
-
-    def fn(tokens, drop):
-        return jnp.broadcast_to(w[None], (tokens.shape[0], N, vocab)) + 5.0 * drop[:, None, None]
-
-    return fn, np.asarray(w, np.float64)
-
-
 def _log_softmax(w):
     w = w - w.max(-1, keepdims=True)
     return w - np.log(np.exp(w).sum(-1, keepdims=True))
