@@ -40,14 +40,13 @@ DEMO_TOKENIZER = {"total_steps": 10_000, "data.image_batch_size": 0, "ema_decay"
                   "quantizer.restart_stop_fraction": 1.0, **_NARROW}
 # Half of the transformer's videos are continuation clips (the tiny default: a quarter): long
 # stories then break at 2 instead of 8 of every 1000 frame steps, mostly where a prompt
-# begins (docs/experiments/story-continuity.md). 48 decoding steps instead of 24: in
-# distribution rose on every seed measured, at twice the decoding passes. Each clip the most
-# likely of 4 samples, ranked at guidance 2 (the tiny default): on three seeds five of six
-# prompt sets keep every adherence target with its margin instead of two, at 3.5x the
-# decoding (docs/experiments/prompt-adherence.md).
+# begins (docs/experiments/story-continuity.md). Each clip the most likely of 4 samples,
+# ranked at guidance 2 (the tiny default), each decoded in the tiny default's 24 steps: on
+# three seeds all six prompt sets keep every adherence target with its margin (one sample:
+# two of six), at 2x the decoding of one sample in 48 steps; 48 steps with 4 samples did no
+# better, at 1.7x the cost (docs/experiments/prompt-adherence.md).
 DEMO_TRANSFORMER = {**_NARROW, "text.embed_dim": 64, "text.mlp_dim": 256,
-                    "data.continuation_fraction": 0.5, "sampling.num_steps": 48,
-                    "sampling.candidates": 4}
+                    "data.continuation_fraction": 0.5, "sampling.candidates": 4}
 STORY = ["a red circle moves right", "a green circle moves down", "a blue circle moves left",
          "a yellow circle moves up", "a white circle stays still"]
 IMAGE_PROMPTS = ["a magenta square moves down", "a magenta square moves right"]
