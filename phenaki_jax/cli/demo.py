@@ -43,8 +43,8 @@ DEMO_TOKENIZER = {"total_steps": 10_000, "data.image_batch_size": 0, "ema_decay"
 # begins (docs/experiments/story-continuity.md). Each clip the most likely of 4 samples,
 # ranked at guidance 2 (the tiny default), each decoded in the tiny default's 24 steps: on
 # three seeds all six prompt sets keep every adherence target with its margin (one sample:
-# two of six), at 2x the decoding of one sample in 48 steps; 48 steps with 4 samples did no
-# better, at 1.7x the cost (docs/experiments/prompt-adherence.md).
+# two of six), at 2x the decoding of one sample in 48 steps; 48 steps with 4 samples are
+# within noise of it, at 1.7x the cost (docs/experiments/prompt-adherence.md).
 DEMO_TRANSFORMER = {**_NARROW, "text.embed_dim": 64, "text.mlp_dim": 256,
                     "data.continuation_fraction": 0.5, "sampling.candidates": 4}
 STORY = ["a red circle moves right", "a green circle moves down", "a blue circle moves left",
