@@ -167,6 +167,13 @@ def _host_batches(
         images = read(config.data.image_name, image_batch).map(lambda ex: ex["frames"][:, :1])
         ds = tf.data.Dataset.zip(ds, images).map(lambda ex, im: {**ex, "image_frames": im})
     ds = ds.prefetch(config.data.get("prefetch", 2))
+    # No tf.data autotuning: closing an iterator waits for its autotuning thread, and a run of
+    # several processes stalled 8-10 s at its end (completed or preempted) on that wait. The
+    # maps then run on every core and the prefetch keeps its fixed depth; the step rate is the
+    # same (docs/experiments/test-suite.md).
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    ds = ds.with_options(options)
     want = (config.data.num_frames, config.data.resolution, config.data.resolution, 3)
     # Closing this generator ends its frame, the iterator's last reference: tf.data then stops
     # and joins its threads.
