@@ -63,6 +63,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Features per pixel that a 3x3 convolution within each frame maps to colours (0: each
     # token's head gives its pixels' colours directly).
     c.model.pixel_head_channels = 0
+    # Predictive coding: a later token frame decodes onto the reconstructed last frame before
+    # it, and its encoder sees its difference from that frame, so its tokens code what changed
+    # (False: every token frame codes its pixels whole). Tokenizing then runs the encoder and
+    # decoder once per token frame on the prefix before it.
+    c.model.temporal_residual = False
     c.model.dtype = "float32" if args.variant == "tiny" else "bfloat16"
     c.model.remat = "full" if args.variant in ("base", "paper") else "none"
 

@@ -199,6 +199,9 @@ def validate_cvivit_model(model: Config, resolution: int, num_frames: int) -> No
     if not _is_int(channels) or channels < 0:
         raise ConfigError(f"config.model.pixel_head_channels must be 0 (no convolution) or a "
                           f"positive integer, got {channels!r}")
+    if not isinstance(model.get("temporal_residual", False), bool):
+        raise ConfigError(f"config.model.temporal_residual must be True or False, got "
+                          f"{model.temporal_residual!r}")
     _dtype(model)
 
 

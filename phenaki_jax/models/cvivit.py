@@ -66,6 +66,7 @@ class CViViT(nn.Module):
     usage_decay: float = 0.99
     encoder_window: int = -1
     pixel_head_channels: int = 0
+    temporal_residual: bool = False
     remat: str | bool = "none"
     dtype: Any = jnp.float32
 
@@ -82,7 +83,8 @@ class CViViT(nn.Module):
                    commitment_weight=config.quantizer.commitment_weight,
                    usage_decay=config.quantizer.usage_decay,
                    encoder_window=m.get("encoder_window", -1),
-                   pixel_head_channels=m.get("pixel_head_channels", 0), remat=m.remat,
+                   pixel_head_channels=m.get("pixel_head_channels", 0),
+                   temporal_residual=bool(m.get("temporal_residual", False)), remat=m.remat,
                    dtype=layers.dtype_of(m.dtype))
 
     def setup(self) -> None:
@@ -189,13 +191,25 @@ class CViViT(nn.Module):
         return token_frames
 
     # -- public API -----------------------------------------------------------------------
-    def latents(self, video: Array) -> Array:
+    def latents(self, video: Array, bases: Array | None = None) -> Array:
         """video float [B, T, H, W, 3] in [-1, 1] -> the encoder's output before quantization,
-        [B, t, h, w, code_dim] (not normalised)."""
+        [B, t, h, w, code_dim] (not normalised).
+
+        With `temporal_residual` a later tubelet is embedded with its difference from `bases`
+        [B, t - 1, H, W, 3], the reconstructed last frame before each token frame (computed
+        here when not given), so the encoder sees what the decoder has yet to add.
+        """
         t_tok = self._check_frames(video.shape[1])
         first, rest = self._patchify(video.astype(self.dtype))
         x = self.embed_first(first)
         if rest is not None:
+            if self.temporal_residual:
+                if bases is None:
+                    bases = self._reconstructed_bases(video)
+                pred = jnp.concatenate(
+                    [video[:, :1], jnp.repeat(bases, self.temporal_patch_size, axis=1)], 1)
+                _, change = self._patchify((video - pred).astype(self.dtype))
+                rest = jnp.concatenate([rest, change], axis=-1)
             x = jnp.concatenate([x, self.embed_rest(rest)], axis=1)
         b, _, h, w, d = x.shape
         x = x + self.enc_space_pos.reshape(1, 1, h, w, d).astype(self.dtype)
@@ -203,6 +217,21 @@ class CViViT(nn.Module):
         x = self._spatial(x, self.enc_spatial, self.encoder_window)
         x = self._temporal(x, self.enc_temporal, self.encoder_window)
         return self.to_code(self.enc_norm(x).astype(jnp.float32))
+
+    def _reconstructed_bases(self, video: Array) -> Array:
+        """[B, t - 1, H, W, 3]: the last frame of each token frame but the last, as the decoder
+        reconstructs it from the codes chosen for it. Token frame j's codes depend on the bases
+        before it, so they are found in order, each from the prefix of frames it may see (the
+        encoder and decoder are causal: a prefix codes and decodes as within the whole clip).
+        The bases are inputs, not a path for gradients: the codes are discrete."""
+        t_tok = self._check_frames(video.shape[1])
+        bases: list[Array] = []
+        for j in range(1, t_tok):
+            prefix = video[:, :1 + self.temporal_patch_size * (j - 1)]
+            z = self.latents(prefix, jnp.stack(bases, axis=1) if bases else None)
+            recon = self.decode_codes(self.quantizer(z)["quantized"])
+            bases.append(jax.lax.stop_gradient(recon[:, -1].astype(video.dtype)))
+        return jnp.stack(bases, axis=1)
 
     def encode(self, video: Array, update_stats: bool = False,
                token_mask: Array | None = None) -> dict[str, Array]:
@@ -227,10 +256,30 @@ class CViViT(nn.Module):
         first = self.to_first(x[:, :1])
         rest = self.to_rest(x[:, 1:]) if t > 1 else None
         if not self.pixel_head_channels:
-            return self._unpatchify(first, rest)
-        feats = nn.gelu(self._unpatchify(first, rest))
-        b, frames, hh, ww, c = feats.shape
-        return self.to_pixels(feats.reshape(b * frames, hh, ww, c)).reshape(b, frames, hh, ww, 3)
+            y = self._unpatchify(first, rest)
+        else:
+            feats = nn.gelu(self._unpatchify(first, rest))
+            b, frames, hh, ww, c = feats.shape
+            y = self.to_pixels(feats.reshape(b * frames, hh, ww, c)).reshape(
+                b, frames, hh, ww, 3)
+        return self._add_previous(y) if self.temporal_residual else y
+
+    def _add_previous(self, y: Array) -> Array:
+        """Predictive decoding: the frames of token frame j >= 1 are the head's output plus the
+        reconstructed last frame of token frame j - 1, so later tokens code what changed, not
+        the whole picture again. Frame 0 and images are the head's output as it is; frame i of
+        token frame j still depends on token frames <= j only."""
+        pt = self.temporal_patch_size
+        b, frames, hh, ww, c = y.shape
+        if frames == 1:
+            return y
+        first = y[:, :1]
+        rest = y[:, 1:].reshape(b, (frames - 1) // pt, pt, hh, ww, c)
+        # The reconstructed last frame of token frame j is frame 0 plus the head's last frames
+        # of token frames 1..j, so each token frame's base is an exclusive cumulative sum.
+        lasts = jnp.cumsum(rest[:, :, -1], axis=1)
+        base = first + jnp.concatenate([jnp.zeros_like(lasts[:, :1]), lasts[:, :-1]], axis=1)
+        return jnp.concatenate([first, (rest + base[:, :, None]).reshape(y[:, 1:].shape)], 1)
 
     def decode_ids(self, ids: Array) -> Array:
         """Token ids int32 [B, t, h, w] -> float frames [B, 1 + 2(t-1), H, W, 3]."""

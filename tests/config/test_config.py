@@ -84,6 +84,15 @@ def test_impossible_config_names_the_field(field, value, needle):
     assert "\n" not in str(e.value)
 
 
+def test_a_config_file_with_a_non_boolean_switch_is_refused():
+    c = load_config("cvivit")
+    with c.unlocked():
+        del c.model["temporal_residual"]
+        c.model.temporal_residual = "yes"  # as a user's own config file could write it
+    with pytest.raises(ConfigError, match="config.model.temporal_residual must be True or"):
+        validation.validate(c, num_devices=1)
+
+
 def test_mesh_must_match_devices():
     c = load_config("cvivit")
     c.mesh.data = 3  # with fsdp taking the rest, 3 must divide the devices

@@ -158,6 +158,56 @@ def test_pixel_head_keeps_the_decoder_causal_and_lays_features_out_as_pixels(tin
     np.testing.assert_allclose(part, full[:, :3], atol=1e-5)
 
 
+@pytest.fixture(scope="module")
+def predictive(tiny):
+    c, _, _, x = tiny
+    c = c.copy_and_resolve_references()
+    c.data.resolution = 16  # 4x4 patches: small enough to compile fast, and still a grid
+    x = x[:, :7, :16, :16]
+    plain = CViViT.from_config(c)
+    c.model.temporal_residual = True
+    model = CViViT.from_config(c)
+    variables = model.init(jax.random.key(0), x)
+    return plain, model, variables, x
+
+
+def test_temporal_residual_decodes_onto_the_previous_reconstructed_frame(predictive):
+    """Against a numpy loop over the frames of the same head's output: a later token frame's
+    frames are the head's plus the reconstruction's last frame before them, frame 0 and images
+    are the head's, and a prefix of the tokens decodes to a prefix of the frames."""
+    plain, model, variables, x = predictive
+    ids = model.apply(variables, x, method=model.tokenize)
+    head = np.asarray(plain.apply(variables, ids, method=plain.decode_ids), np.float64)
+    ref = head.copy()
+    for i in range(1, 7):
+        ref[:, i] += ref[:, 2 * ((i - 1) // 2)]  # the last frame of the token frame before
+    got = np.asarray(model.apply(variables, ids, method=model.decode_ids))
+    np.testing.assert_allclose(got, ref, atol=1e-4)
+    assert np.abs(ref[:, 3:] - head[:, 3:]).max() > 0.1  # the additions are not negligible
+    part = np.asarray(model.apply(variables, ids[:, :2], method=model.decode_ids))
+    np.testing.assert_allclose(part, got[:, :3], atol=1e-5)
+    image = np.asarray(model.apply(variables, ids[:, :1], method=model.decode_ids))
+    np.testing.assert_allclose(image, head[:, :1], atol=1e-5)
+
+
+def test_temporal_residual_codes_against_its_own_reconstruction(predictive):
+    """Closed loop: the codes are those the encoder gives when shown the last frames of the
+    clip's own reconstruction from those codes; other bases give other codes (the encoder
+    reads them); and a prefix of the frames still codes as within the whole clip."""
+    _, model, variables, x = predictive
+    ids = np.asarray(model.apply(variables, x, method=model.tokenize))
+    recon = np.asarray(model.apply(variables, jnp.asarray(ids), method=model.decode_ids))
+    bases = recon[:, [0, 2, 4]]  # the last frames of token frames 0, 1 and 2
+    z = model.apply(variables, x, jnp.asarray(bases), method=model.latents)
+    again = model.apply(variables, z, method=lambda m, z: m.quantizer(z)["ids"])
+    np.testing.assert_array_equal(np.asarray(again), ids)
+    z_real = model.apply(variables, x, x[:, [0, 2, 4]], method=model.latents)  # open loop
+    assert np.abs(np.asarray(z_real) - np.asarray(z))[:, 1:].max() > 1e-3
+    np.testing.assert_allclose(np.asarray(z_real)[:, 0], np.asarray(z)[:, 0], atol=1e-6)
+    prefix = np.asarray(model.apply(variables, x[:, :5], method=model.tokenize))
+    np.testing.assert_array_equal(prefix, ids[:, :3])
+
+
 def test_image_is_a_one_frame_video(tiny):
     _, model, variables, x = tiny
     image_ids = np.asarray(model.apply(variables, x[:, :1], method=model.tokenize))
