@@ -3,7 +3,7 @@ tokenizer with the same token grid and codebook size, one JSON line:
 
     .venv/bin/python benchmarks/real_video_peer.py --workdir=W     # prepares W/train, W/eval
     .venv/bin/python benchmarks/kmeans_reference.py --workdir=W [--codes=1024] [--augment=...] \
-        [--table=prepared:DIR]
+        [--table=prepared:DIR] [--predictive]
 
 k-means (Lloyd's iterations from random training vectors; an emptied centroid restarts at a
 random vector) over the training clips' tokens as C-ViViT cuts them: frame 0 in 8x8 patches,
@@ -14,6 +14,10 @@ computes them. `--augment` adds the symmetries of `data.augment` to the training
 (every mirror, rotation, channel order or zoom, not a random draw). A tokenizer whose held-out PSNR
 is near this reference has learnt about what a nearest-centroid table of the training pixels
 knows, and made no use of its tokens' context.
+
+`--predictive` is the reference for `model.temporal_residual`: frame 0 as above, each tubelet
+coded as its difference from the reconstructed last frame before it (closed loop, the table's
+own reconstruction), with a table of such differences.
 
 `--table` builds the table from other prepared clips than W/train (for example another copy of
 the held-out scene: what a table that has seen the scene reconstructs). `block_mean_psnr` is
@@ -46,6 +50,9 @@ def main() -> None:
     parser.add_argument("--augment", default="", help="a subset of flip,dihedral,channels,zoom")
     parser.add_argument("--table", default="", help="prepared:DIR, the clips the table is "
                         "built from (default: the workdir's training set)")
+    parser.add_argument("--predictive", action="store_true", help="code each tubelet as its "
+                        "difference from the reconstructed last frame before it, as "
+                        "model.temporal_residual does, with a table of such differences")
     parser.add_argument("--max_vectors", type=int, default=60_000,
                         help="a random subset of the training vectors beyond this many")
     args = parser.parse_args()
@@ -102,12 +109,13 @@ def main() -> None:
         return jnp.argmin(d, axis=1)
 
     rng = np.random.default_rng(0)
-    parts = []
-    for train_part, held_part in zip(tokens(train_all), tokens(held_out), strict=True):
-        x = train_part.reshape(-1, train_part.shape[-1])
+
+    def kmeans(vectors: np.ndarray, centroids: np.ndarray | None = None) -> np.ndarray:
+        x = vectors.reshape(-1, vectors.shape[-1])
         if len(x) > args.max_vectors:
             x = x[rng.choice(len(x), args.max_vectors, replace=False)]
-        centroids = x[rng.choice(len(x), args.codes, replace=len(x) < args.codes)]
+        if centroids is None:
+            centroids = x[rng.choice(len(x), args.codes, replace=len(x) < args.codes)]
         for _ in range(args.iterations):
             a = np.asarray(nearest(jnp.asarray(x), jnp.asarray(centroids)))
             sums = np.zeros_like(centroids)
@@ -115,9 +123,43 @@ def main() -> None:
             n = np.bincount(a, minlength=args.codes)
             centroids = np.where((n == 0)[:, None], x[rng.choice(len(x), args.codes)],
                                  sums / np.maximum(n, 1)[:, None])
-        y = held_part.reshape(-1, held_part.shape[-1])
-        ids = np.asarray(nearest(jnp.asarray(y), jnp.asarray(centroids)))
-        parts.append(centroids[ids].reshape(held_part.shape))
+        return centroids
+
+    def lookup(vectors: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+        y = vectors.reshape(-1, vectors.shape[-1])
+        return centroids[np.asarray(nearest(jnp.asarray(y), jnp.asarray(centroids)))].reshape(
+            vectors.shape)
+
+    def predictive(first: np.ndarray, rest: np.ndarray, tables: tuple[np.ndarray, np.ndarray]
+                   ) -> tuple[np.ndarray, np.ndarray]:
+        """Closed-loop coding: frame 0 from its table; each tubelet as its difference from the
+        reconstructed last frame before it, from the change table. (first, rest) rebuilt."""
+        first_q = lookup(first, tables[0])
+        base, out = first_q[:, 0], []
+        for j in range(rest.shape[1]):
+            pred = np.concatenate([base] * config.model.temporal_patch_size, axis=-1)
+            out.append(pred + lookup(rest[:, j] - pred, tables[1]))
+            base = out[-1][..., -base.shape[-1]:]
+        return first_q, np.stack(out, axis=1)
+
+    (train_first, train_rest), (held_first, held_rest) = tokens(train_all), tokens(held_out)
+    tables = (kmeans(train_first), kmeans(train_rest))
+    if args.predictive:
+        # The change table is fitted to the differences from real previous frames, then twice
+        # more to those from the table's own reconstruction, which is what it will code.
+        before = np.concatenate([train_first, train_rest[:, :-1, ..., -train_first.shape[-1]:]],
+                                axis=1)
+        pred = np.concatenate([before] * config.model.temporal_patch_size, axis=-1)
+        tables = (tables[0], kmeans(train_rest - pred))
+        for _ in range(2):
+            recon_first, recon_rest = predictive(train_first, train_rest, tables)
+            before = np.concatenate(
+                [recon_first, recon_rest[:, :-1, ..., -train_first.shape[-1]:]], axis=1)
+            pred = np.concatenate([before] * config.model.temporal_patch_size, axis=-1)
+            tables = (tables[0], kmeans(train_rest - pred, tables[1]))
+        parts = predictive(held_first, held_rest, tables)
+    else:
+        parts = (lookup(held_first, tables[0]), lookup(held_rest, tables[1]))
     recon = np.asarray(model._unpatchify(*map(jnp.asarray, parts)))
     recon = np.clip(np.round(recon), 0, 255).astype(np.uint8)
     report = video_metrics.reconstruction_report(held_out, recon)
@@ -127,7 +169,8 @@ def main() -> None:
                           for b in (8, 4)}
                    for name, clips in (("held_out", held_out), ("table_clips", train))}
     print(json.dumps({"train_clips": int(len(train)), "table": config.data.name,
-                      "codes": args.codes, "augment": list(ops), **report,
+                      "codes": args.codes, "augment": list(ops),
+                      "predictive": args.predictive, **report,
                       "block_mean_psnr": block_means}))
 
 
