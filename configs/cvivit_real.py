@@ -5,8 +5,8 @@
 
 The small variant's tokenizer at 2 spatial + 2 causal temporal layers (width 256, 4 heads, MLP
 1024, patch 8, global attention), a codebook of 1024 with 8-dimensional codes, a 3x3
-convolution over per-pixel features at the decoder's end, float32, videos only, batch 8 for 600
-steps. The recipe's choices and what each is worth: docs/experiments/tokenizer-quality.md.
+convolution over per-pixel features at the decoder's end, predictive coding in time, float32,
+videos only, batch 8 for 600 steps. The recipe's choices and what each is worth: docs/experiments/tokenizer-quality.md.
 """
 
 import ml_collections
@@ -35,6 +35,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # features per pixel: better SSIM, LPIPS and FVD on unseen clips at equal PSNR.
     c.model.code_dim = 8
     c.model.pixel_head_channels = 8
+    # Predictive coding: later tokens code the change from the reconstructed frame before them
+    # (+0.8 dB on unseen clips; each step 1.6x as long, tokenizing is sequential in time).
+    c.model.temporal_residual = True
     c.model.dtype = "float32"
     # A short run cannot wait for dead codes: an untrained encoder maps nearly every token to
     # a few codes, and at the default usage decay (0.99) a restarted code is not judged dead
