@@ -6,7 +6,8 @@
 The small variant's tokenizer at 2 spatial + 2 causal temporal layers (width 256, 4 heads, MLP
 1024, patch 8, global attention), a codebook of 1024 with 8-dimensional codes, a 3x3
 convolution over per-pixel features at the decoder's end, predictive coding in time, float32,
-videos only, batch 8 for 600 steps. The recipe's choices and what each is worth: docs/experiments/tokenizer-quality.md.
+videos only, batch 8 for 600 steps. The recipe's choices and what each is worth:
+docs/experiments/tokenizer-quality.md.
 """
 
 import ml_collections
