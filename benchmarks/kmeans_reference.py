@@ -142,21 +142,20 @@ def main() -> None:
             base = out[-1][..., -base.shape[-1]:]
         return first_q, np.stack(out, axis=1)
 
+    def predictions(first: np.ndarray, rest: np.ndarray) -> np.ndarray:
+        """Each tubelet's prediction in (first, rest): the frame before it, repeated."""
+        before = np.concatenate([first, rest[:, :-1, ..., -first.shape[-1]:]], axis=1)
+        return np.concatenate([before] * config.model.temporal_patch_size, axis=-1)
+
     (train_first, train_rest), (held_first, held_rest) = tokens(train_all), tokens(held_out)
     tables = (kmeans(train_first), kmeans(train_rest))
     if args.predictive:
         # The change table is fitted to the differences from real previous frames, then twice
         # more to those from the table's own reconstruction, which is what it will code.
-        before = np.concatenate([train_first, train_rest[:, :-1, ..., -train_first.shape[-1]:]],
-                                axis=1)
-        pred = np.concatenate([before] * config.model.temporal_patch_size, axis=-1)
-        tables = (tables[0], kmeans(train_rest - pred))
+        tables = (tables[0], kmeans(train_rest - predictions(train_first, train_rest)))
         for _ in range(2):
-            recon_first, recon_rest = predictive(train_first, train_rest, tables)
-            before = np.concatenate(
-                [recon_first, recon_rest[:, :-1, ..., -train_first.shape[-1]:]], axis=1)
-            pred = np.concatenate([before] * config.model.temporal_patch_size, axis=-1)
-            tables = (tables[0], kmeans(train_rest - pred, tables[1]))
+            recon = predictive(train_first, train_rest, tables)
+            tables = (tables[0], kmeans(train_rest - predictions(*recon), tables[1]))
         parts = predictive(held_first, held_rest, tables)
     else:
         parts = (lookup(held_first, tables[0]), lookup(held_rest, tables[1]))
